@@ -1,0 +1,115 @@
+"""The DAC-style acoustic encoder and decoder.
+
+Module and attribute names mirror the transformers checkpoint keys
+(`acoustic_encoder.block.0.res_unit1.conv1.weight`, ...), so a state dict
+loads without renaming.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import AcousticConfig
+from .layers import Snake1d
+
+RESIDUAL_DILATIONS = (1, 3, 9)
+
+
+class AcousticResidualUnit(nn.Module):
+    """Snake → dilated conv (k=7) → Snake → 1×1 conv, added to the input."""
+
+    def __init__(self, channels: int, dilation: int):
+        super().__init__()
+        self.snake1 = Snake1d(channels)
+        self.conv1 = nn.Conv1d(channels, channels, kernel_size=7, dilation=dilation, padding=3 * dilation)
+        self.snake2 = Snake1d(channels)
+        self.conv2 = nn.Conv1d(channels, channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(self.snake2(self.conv1(self.snake1(x))))
+
+
+class AcousticEncoderBlock(nn.Module):
+    """Three residual units, then a strided conv that doubles the channels."""
+
+    def __init__(self, channels: int, stride: int):
+        super().__init__()
+        self.res_unit1, self.res_unit2, self.res_unit3 = (AcousticResidualUnit(channels, d) for d in RESIDUAL_DILATIONS)
+        self.snake1 = Snake1d(channels)
+        self.conv1 = nn.Conv1d(channels, 2 * channels, kernel_size=2 * stride, stride=stride, padding=math.ceil(stride / 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.res_unit3(self.res_unit2(self.res_unit1(x)))
+        return self.conv1(self.snake1(x))
+
+
+class AcousticEncoder(nn.Module):
+    """Waveform `[B, 1, N]` → acoustic embeddings `[B, hidden_size, frames]`."""
+
+    def __init__(self, config: AcousticConfig):
+        super().__init__()
+        width = config.encoder_hidden_size
+        self.conv1 = nn.Conv1d(1, width, kernel_size=7, padding=3)
+        blocks = []
+        for stride in config.downsampling_ratios:
+            blocks.append(AcousticEncoderBlock(width, stride))
+            width *= 2
+        self.block = nn.ModuleList(blocks)
+        self.snake1 = Snake1d(width)
+        self.conv2 = nn.Conv1d(width, config.hidden_size, kernel_size=3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        for block in self.block:
+            x = block(x)
+        return self.conv2(self.snake1(x))
+
+
+class AcousticDecoderBlock(nn.Module):
+    """Snake, a transposed conv that upsamples by `stride` and halves the channels, three residual units."""
+
+    def __init__(self, channels: int, stride: int):
+        super().__init__()
+        self.snake1 = Snake1d(channels)
+        # output_padding = stride % 2 makes every block produce exactly stride × its input length
+        # (Higgs' change to DAC; the transformers DAC port has no output padding).
+        self.conv_t1 = nn.ConvTranspose1d(
+            channels,
+            channels // 2,
+            kernel_size=2 * stride,
+            stride=stride,
+            padding=math.ceil(stride / 2),
+            output_padding=stride % 2,
+        )
+        self.res_unit1, self.res_unit2, self.res_unit3 = (
+            AcousticResidualUnit(channels // 2, d) for d in RESIDUAL_DILATIONS
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_t1(self.snake1(x))
+        return self.res_unit3(self.res_unit2(self.res_unit1(x)))
+
+
+class AcousticDecoder(nn.Module):
+    """Acoustic latents `[B, hidden_size, frames]` → waveform `[B, 1, frames * hop]` (no final tanh)."""
+
+    def __init__(self, config: AcousticConfig):
+        super().__init__()
+        width = config.decoder_hidden_size
+        self.conv1 = nn.Conv1d(config.hidden_size, width, kernel_size=7, padding=3)
+        blocks = []
+        for stride in config.upsampling_ratios:
+            blocks.append(AcousticDecoderBlock(width, stride))
+            width //= 2
+        self.block = nn.ModuleList(blocks)
+        self.snake1 = Snake1d(width)
+        self.conv2 = nn.Conv1d(width, 1, kernel_size=7, padding=3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        for block in self.block:
+            x = block(x)
+        return self.conv2(self.snake1(x))

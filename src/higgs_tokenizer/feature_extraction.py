@@ -1,0 +1,210 @@
+"""The feature extractor: raw mono audio → padded `input_values` and `padding_mask`.
+
+Behaves like transformers' `DacFeatureExtractor` as configured for this model:
+a list is a batch, every item is right-padded with zeros to the longest and to
+a multiple of the hop length, and the mask marks the real samples.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class BatchFeature(dict):
+    """A dict whose entries are also attributes (`inputs.input_values`), movable with `.to()`."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def to(self, *args, **kwargs) -> "BatchFeature":
+        """Move tensors like `Tensor.to`; a dtype applies to floating-point tensors only."""
+        out = BatchFeature()
+        for key, value in self.items():
+            if isinstance(value, torch.Tensor):
+                if value.is_floating_point():
+                    value = value.to(*args, **kwargs)
+                else:
+                    device = next((a for a in args if not isinstance(a, torch.dtype)), kwargs.get("device"))
+                    value = value.to(device) if device is not None else value
+            out[key] = value
+        return out
+
+
+class HiggsAudioV2TokenizerFeatureExtractor:
+    model_input_names = ["input_values", "padding_mask"]
+
+    def __init__(
+        self,
+        feature_size: int = 1,
+        sampling_rate: int = 24000,
+        padding_value: float = 0.0,
+        hop_length: int = 960,
+        padding_side: str = "right",
+        return_attention_mask: bool = True,
+        **extra,
+    ):
+        if feature_size != 1:
+            raise ValueError("only mono audio (feature_size=1) is supported")
+        if padding_side != "right":
+            raise ValueError("only right padding is supported")
+        self.feature_size = feature_size
+        self.sampling_rate = int(sampling_rate)
+        self.padding_value = float(padding_value)
+        self.hop_length = int(hop_length)
+        self.padding_side = padding_side
+        self.return_attention_mask = return_attention_mask
+        self.extra = extra
+
+    @classmethod
+    def from_model_config(cls, config) -> "HiggsAudioV2TokenizerFeatureExtractor":
+        return cls(sampling_rate=config.sample_rate, hop_length=config.hop_length)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, revision=None, cache_dir=None, token=None):
+        """From `preprocessor_config.json`, or derived from the model config where there is none
+        (original-format checkpoints have none)."""
+        from .checkpoint import PREPROCESSOR_NAME, _config_from_directory, resolve_checkpoint
+
+        directory, fmt = resolve_checkpoint(name_or_path, revision, cache_dir, token)
+        path = Path(directory) / PREPROCESSOR_NAME
+        if path.is_file():
+            with open(path) as f:
+                data = json.load(f)
+            data.pop("feature_extractor_type", None)
+            return cls(**data)
+        return cls.from_model_config(_config_from_directory(directory, fmt))
+
+    def to_dict(self) -> dict:
+        return {
+            **self.extra,
+            "feature_extractor_type": "DacFeatureExtractor",
+            "feature_size": self.feature_size,
+            "hop_length": self.hop_length,
+            "padding_side": self.padding_side,
+            "padding_value": self.padding_value,
+            "return_attention_mask": self.return_attention_mask,
+            "sampling_rate": self.sampling_rate,
+        }
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        os.makedirs(directory, exist_ok=True)
+        Path(directory, "preprocessor_config.json").write_text(self.to_json_string())
+
+    def __call__(
+        self,
+        raw_audio,
+        padding: bool | str | None = None,
+        truncation: bool = False,
+        max_length: int | None = None,
+        return_tensors: str | None = None,
+        sampling_rate: int | None = None,
+    ) -> BatchFeature:
+        """`raw_audio`: one clip (1-D array, tensor or list of floats) or a list of clips (a batch).
+
+        Returns `input_values` `[batch, 1, samples]` and, when padding, `padding_mask`
+        `[batch, samples]` (1 = audio, 0 = padding). `padding`: True/"longest" (default),
+        "max_length" (to `max_length`) or False; `truncation` cuts to `max_length`.
+        """
+        if sampling_rate is None:
+            warnings.warn(
+                "pass sampling_rate to the feature extractor: audio at another rate would be silently mis-encoded",
+                stacklevel=2,
+            )
+        elif sampling_rate != self.sampling_rate:
+            raise ValueError(
+                f"this feature extractor expects audio at {self.sampling_rate} Hz, got {sampling_rate} Hz: "
+                "resample it first"
+            )
+        if padding is None:
+            padding = True
+        if padding and truncation:
+            raise ValueError("Both padding and truncation were set. Make sure you only set one.")
+        if truncation and max_length is None:
+            raise ValueError("truncation needs max_length")
+        clips = [self._as_mono(clip, i) for i, clip in enumerate(_as_batch(raw_audio))]
+        if truncation:
+            clips = [clip[:max_length] for clip in clips]
+
+        if padding in (True, "longest"):
+            target = max(len(c) for c in clips)
+        elif padding == "max_length":
+            if max_length is None:
+                raise ValueError("padding='max_length' needs max_length")
+            target = max_length
+        elif padding in (False, "do_not_pad"):
+            target = None
+        else:
+            raise ValueError(f"padding must be True, 'longest', 'max_length' or False, got {padding!r}")
+
+        if target is None:
+            values = [clip[None] for clip in clips]
+            result = BatchFeature(input_values=values)
+        else:
+            target = -(-target // self.hop_length) * self.hop_length
+            if any(len(c) > target for c in clips):
+                raise ValueError(f"a clip is longer than max_length={max_length}; pass truncation=True to cut it")
+            values = np.full((len(clips), 1, target), self.padding_value, dtype=np.float32)
+            mask = np.zeros((len(clips), target), dtype=np.int32)
+            for i, clip in enumerate(clips):
+                values[i, 0, : len(clip)] = clip
+                mask[i, : len(clip)] = 1
+            result = BatchFeature(input_values=values, padding_mask=mask)
+        return _convert(result, return_tensors)
+
+    @staticmethod
+    def _as_mono(clip, index: int) -> np.ndarray:
+        if isinstance(clip, torch.Tensor):
+            clip = clip.detach().cpu().numpy()
+        array = np.asarray(clip)
+        if array.dtype.kind not in "fiu":
+            raise TypeError(f"clip {index}: expected numbers, got dtype {array.dtype}")
+        if array.dtype.kind in "iu":
+            raise TypeError(
+                f"clip {index}: integer samples ({array.dtype}); scale PCM to floats in [-1, 1] first "
+                "(e.g. int16: x / 32768)"
+            )
+        if array.ndim != 1:
+            raise ValueError(
+                f"clip {index}: expected mono audio of shape (samples,), got {array.shape}; average the channels first"
+            )
+        if array.size == 0:
+            raise ValueError(f"clip {index} is empty")
+        return array.astype(np.float32, copy=False)
+
+
+def _as_batch(raw_audio) -> list:
+    if isinstance(raw_audio, (list, tuple)):
+        if not raw_audio:
+            raise ValueError("raw_audio is an empty list")
+        # A list of numbers is one clip; a list of arrays or lists is a batch.
+        if isinstance(raw_audio[0], (np.ndarray, torch.Tensor, list, tuple)):
+            return list(raw_audio)
+        return [raw_audio]
+    return [raw_audio]
+
+
+def _convert(features: BatchFeature, return_tensors: str | None) -> BatchFeature:
+    if return_tensors is None or return_tensors == "np":
+        return features
+    if return_tensors != "pt":
+        raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
+    out = BatchFeature()
+    for key, value in features.items():
+        if isinstance(value, list):
+            value = np.stack(value) if len({v.shape for v in value}) == 1 else None
+            if value is None:
+                raise ValueError("clips of different lengths cannot form one tensor without padding")
+        out[key] = torch.from_numpy(np.ascontiguousarray(value))
+    return out

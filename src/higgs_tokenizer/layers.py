@@ -1,0 +1,72 @@
+"""Small building blocks shared by the acoustic and semantic models."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Snake1d(nn.Module):
+    """Snake activation x + sin²(αx)/α with one learned α per channel."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(1, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Same operation order as the reference, so results agree to the last bit
+        # where the backend allows; the 1e-9 keeps α = 0 finite.
+        return x + (self.alpha + 1e-9).reciprocal() * torch.sin(self.alpha * x).pow(2)
+
+
+def conv_output_length(length: int, kernel_size: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
+    """Output length of a Conv1d, computed the way transformers does it.
+
+    `int()` truncates towards zero where floor division would round down, so a
+    too-short input gives 0 here (not a negative count) exactly as in the reference.
+    """
+    return int((length + 2 * padding - dilation * (kernel_size - 1) - 1) / stride + 1)
+
+
+def conv_stack_output_length(module: nn.Module, length: int) -> int:
+    """Output length of `module` for an input of `length`, from its Conv1d layers in order.
+
+    Valid for the feed-forward conv stacks of this model (HuBERT's feature
+    encoder, the acoustic and semantic encoders), where every Conv1d sits on
+    the main path and the residual ones preserve length.
+    """
+    for conv in module.modules():
+        if isinstance(conv, nn.Conv1d):
+            length = conv_output_length(length, conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.dilation[0])
+    return length
+
+
+def fold_weight_norm(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The weight that weight norm represents, w = g · v / ‖v‖.
+
+    The norm is taken over every axis but the one `g` keeps (axis 0 for the
+    acoustic convs, axis 2 for HuBERT's positional conv); it is found from the
+    shapes. The reference recomputes this on every forward pass with
+    `torch._weight_norm`; folding it once at load gives the same tensor.
+    """
+    if g.dim() != v.dim():
+        raise ValueError(f"weight norm: g {tuple(g.shape)} and v {tuple(v.shape)} differ in rank")
+    candidates = [
+        d for d in range(v.dim()) if all(g.shape[i] == (v.shape[d] if i == d else 1) for i in range(v.dim()))
+    ]
+    if not candidates:
+        raise ValueError(f"weight norm: g {tuple(g.shape)} does not fit v {tuple(v.shape)}")
+    dim = candidates[0]
+    return torch._weight_norm(v.float(), g.float(), dim).to(v.dtype)
+
+
+def split_weight_norm(weight: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(g, v) with `fold_weight_norm(g, v)` equal to `weight` bit for bit.
+
+    g is taken from the same norm kernel that folding divides by, so g / ‖v‖
+    is exactly 1 and a save → load round trip changes nothing.
+    """
+    shape = [1] * weight.dim()
+    shape[dim] = weight.shape[dim]
+    _, norm = torch._weight_norm_interface(weight.float(), torch.ones(shape), dim)
+    return norm.reshape(shape).to(weight.dtype), weight
