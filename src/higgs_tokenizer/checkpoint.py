@@ -452,43 +452,30 @@ def _resolve_dtype(dtype, config: HiggsAudioV2TokenizerConfig) -> torch.dtype:
 
 
 # --------------------------------------------------------------------------- writing
-def save_pretrained(model, directory: str | os.PathLike) -> None:
-    """Write the transformers format: config.json, model.safetensors, preprocessor_config.json."""
-    from safetensors.torch import save_file
-
-    from .feature_extraction import HiggsAudioV2TokenizerFeatureExtractor
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+def transformers_state_dict(model) -> dict[str, torch.Tensor]:
+    """The model's tensors as the transformers format stores them (CPU, contiguous)."""
+    state = {k: _portable(v) for k, v in model.state_dict().items()}
     # transformers' HuBERT always holds its positional conv weight-normed.
     g, v = split_weight_norm(state.pop(POS_CONV_WEIGHT), dim=2)
     base = POS_CONV_WEIGHT[: -len(".weight")]
     state[f"{base}.parametrizations.weight.original0"] = g
     state[f"{base}.parametrizations.weight.original1"] = v
-    config = model.config
-    extractor = HiggsAudioV2TokenizerFeatureExtractor.from_model_config(config)
-    _write_atomic(directory / SAFETENSORS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
-    _write_atomic(directory / PREPROCESSOR_NAME, lambda p: Path(p).write_text(extractor.to_json_string()))
-    _write_atomic(directory / CONFIG_NAME, lambda p: Path(p).write_text(config.to_json_string()))
+    return state
 
 
-def save_original(model, directory: str | os.PathLike) -> None:
-    """Write Boson AI's original format: config.json of constructor arguments and model.pth.
+def original_state_dict(model) -> dict[str, torch.Tensor]:
+    """The model's tensors as Boson AI's original format stores them.
 
-    As in the published checkpoint, acoustic convs are stored weight-normed
-    (`weight_g`/`weight_v`) and HuBERT's positional conv as a parametrization.
+    As in the published checkpoint, acoustic convs are weight-normed
+    (`weight_g`/`weight_v`) and HuBERT's positional conv is a parametrization.
     """
     config = model.config
-    original_config = config_to_original(config)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     state = {}
     for key, tensor in model.state_dict().items():
-        tensor = tensor.detach().to("cpu").contiguous()
+        tensor = _portable(tensor)
         name = original_key(key, config)
-        conv_weight = key.startswith(("acoustic_encoder.", "acoustic_decoder.")) and key.endswith(".weight")
-        if conv_weight or key == POS_CONV_WEIGHT:
+        acoustic_conv = key.startswith(("acoustic_encoder.", "acoustic_decoder.")) and key.endswith(".weight")
+        if acoustic_conv or key == POS_CONV_WEIGHT:
             g, v = split_weight_norm(tensor, dim=2 if key == POS_CONV_WEIGHT else 0)
             base = name[: -len(".weight")]
             if key == POS_CONV_WEIGHT:
@@ -498,6 +485,36 @@ def save_original(model, directory: str | os.PathLike) -> None:
                 state[f"{base}.weight_g"], state[f"{base}.weight_v"] = g, v
         else:
             state[name] = tensor
+    return state
+
+
+def _portable(tensor: torch.Tensor) -> torch.Tensor:
+    """Detached, contiguous, on the CPU (meta tensors stay meta: key listings use them)."""
+    tensor = tensor.detach()
+    return (tensor if tensor.is_meta else tensor.cpu()).contiguous()
+
+
+def save_pretrained(model, directory: str | os.PathLike) -> None:
+    """Write the transformers format: config.json, model.safetensors, preprocessor_config.json."""
+    from safetensors.torch import save_file
+
+    from .feature_extraction import HiggsAudioV2TokenizerFeatureExtractor
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = transformers_state_dict(model)
+    extractor = HiggsAudioV2TokenizerFeatureExtractor.from_model_config(model.config)
+    _write_atomic(directory / SAFETENSORS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
+    _write_atomic(directory / PREPROCESSOR_NAME, lambda p: Path(p).write_text(extractor.to_json_string()))
+    _write_atomic(directory / CONFIG_NAME, lambda p: Path(p).write_text(model.config.to_json_string()))
+
+
+def save_original(model, directory: str | os.PathLike) -> None:
+    """Write Boson AI's original format: config.json of constructor arguments and model.pth."""
+    original_config = config_to_original(model.config)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = original_state_dict(model)
     _write_atomic(directory / ORIGINAL_WEIGHTS_NAME, lambda p: torch.save(state, p))
     _write_atomic(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(original_config, indent=2) + "\n"))
 

@@ -68,5 +68,5 @@ def split_weight_norm(weight: torch.Tensor, dim: int) -> tuple[torch.Tensor, tor
     """
     shape = [1] * weight.dim()
     shape[dim] = weight.shape[dim]
-    _, norm = torch._weight_norm_interface(weight.float(), torch.ones(shape), dim)
+    _, norm = torch._weight_norm_interface(weight.float(), torch.ones(shape, device=weight.device), dim)
     return norm.reshape(shape).to(weight.dtype), weight

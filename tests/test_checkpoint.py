@@ -1,0 +1,304 @@
+"""Checkpoint formats: transformers (plain, weight-normed, sharded), Boson AI's original,
+the Hub cache, round trips, and clear errors for anything that does not fit."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FIXTURE_NAMES, SHARED, assert_codes_match, fixture_dir, load_cases, load_model
+from safetensors.torch import load_file, save_file
+
+from higgs_tokenizer import (
+    CheckpointError,
+    HiggsAudioV2TokenizerConfig,
+    HiggsAudioV2TokenizerFeatureExtractor,
+    HiggsAudioV2TokenizerModel,
+    convert_original_to_transformers,
+    save_original,
+)
+from higgs_tokenizer.checkpoint import config_from_original, original_state_dict, transformers_state_dict
+
+REFERENCE = SHARED / "reference"
+ORIGINAL_FULL_CONFIG = {
+    "n_filters": 32, "D": 256, "codebook_dim": 64, "target_bandwidths": [0.5, 1, 1.5, 2, 4],
+    "ratios": [8, 5, 4, 2, 3], "sample_rate": 24000, "bins": 1024, "n_q": 8, "semantic_techer": "hubert_base_general",
+}
+
+
+def assert_same_weights(a: HiggsAudioV2TokenizerModel, b: HiggsAudioV2TokenizerModel, exact: bool = True):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        if exact:
+            assert torch.equal(sa[key], sb[key]), key
+        else:
+            assert torch.allclose(sa[key], sb[key], rtol=1e-5, atol=1e-6), key
+
+
+def copy_checkpoint(name: str, directory: Path, weights: str = "model.safetensors") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_bytes((fixture_dir(name) / "config.json").read_bytes())
+    (directory / "model.safetensors").write_bytes((fixture_dir(name) / weights).read_bytes())
+    return directory
+
+
+def listing(filename: str) -> dict:
+    out = {}
+    for line in (REFERENCE / filename).read_text().splitlines():
+        key, rest = line.split(" ", 1)
+        shape = rest[rest.index("(") + 1 : rest.index(")")]
+        out[key] = tuple(int(x) for x in shape.split(",") if x.strip())
+    return out
+
+
+@pytest.fixture(scope="module")
+def full_size_meta_model():
+    config = HiggsAudioV2TokenizerConfig.from_json_file(REFERENCE / "transformers_full_config.json")
+    with torch.device("meta"):
+        return HiggsAudioV2TokenizerModel(config)
+
+
+# ----------------------------------------------------------------- key layouts at full size
+def test_transformers_layout_matches_the_full_size_listing(full_size_meta_model):
+    ours = {k: tuple(v.shape) for k, v in transformers_state_dict(full_size_meta_model).items()}
+    assert ours == listing("transformers_checkpoint_keys.txt")
+
+
+def test_original_mapping_covers_every_key_of_the_full_size_listing(full_size_meta_model):
+    ours = {k: tuple(v.shape) for k, v in original_state_dict(full_size_meta_model).items()}
+    theirs = listing("original_checkpoint_keys.txt")
+    # masked_spec_embed is HuBERT's training-time mask vector: ignored on load, as by the reference.
+    assert set(theirs) - set(ours) == {"semantic_model.masked_spec_embed"}
+    assert ours == {k: v for k, v in theirs.items() if k != "semantic_model.masked_spec_embed"}
+
+
+def test_original_config_describes_the_released_model():
+    full = HiggsAudioV2TokenizerConfig.from_json_file(REFERENCE / "transformers_full_config.json")
+    converted = config_from_original(ORIGINAL_FULL_CONFIG)
+    assert converted.num_quantizers == full.num_quantizers == 8
+    assert list(converted.target_bandwidths) == [0.5, 1, 1.5, 2]  # 4 kbps would need 16 quantizers
+    for attr in ("hop_length", "frame_rate", "hidden_size", "codebook_dim", "codebook_size", "semantic_downsample_factor"):
+        assert getattr(converted, attr) == getattr(full, attr), attr
+    for key in ("encoder_hidden_size", "decoder_hidden_size", "hidden_size", "downsampling_ratios", "upsampling_ratios"):
+        assert getattr(converted.acoustic_model_config, key) == getattr(full.acoustic_model_config, key), key
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "conv_dim"):
+        assert getattr(converted.semantic_model_config, key) == getattr(full.semantic_model_config, key), key
+
+
+# ----------------------------------------------------------------- loading variants
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_weight_norm_variant_loads_to_the_same_model(name, tmp_path):
+    wn = HiggsAudioV2TokenizerModel.from_pretrained(copy_checkpoint(name, tmp_path, "model-weight-norm.safetensors"))
+    assert_same_weights(wn, load_model(name), exact=False)
+
+
+def test_weight_g_weight_v_spelling(tmp_path):
+    state = load_file(fixture_dir("tiny-24k") / "model-weight-norm.safetensors")
+    renamed = {
+        k.replace("parametrizations.weight.original0", "weight_g").replace("parametrizations.weight.original1", "weight_v"): v
+        for k, v in state.items()
+    }
+    directory = copy_checkpoint("tiny-24k", tmp_path)
+    save_file(renamed, directory / "model.safetensors")
+    assert_same_weights(HiggsAudioV2TokenizerModel.from_pretrained(directory), load_model("tiny-24k"), exact=False)
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_original_format_loads_to_its_transformers_twin(name, tmp_path):
+    model = load_model(name)
+    save_original(model, tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "model.pth"]
+    written = torch.load(tmp_path / "model.pth", weights_only=True)
+    assert any(k.endswith(".weight_g") for k in written) and "fc_prior.weight" in written
+    original = HiggsAudioV2TokenizerModel.from_pretrained(tmp_path)
+    assert_same_weights(original, model)
+    cases = load_cases(name)
+    x = cases["input_24000"] if "input_24000" in cases else cases["input_16000"]
+    with torch.inference_mode():
+        assert torch.equal(original.encode(x[None, None]).audio_codes, model.encode(x[None, None]).audio_codes)
+    fe = HiggsAudioV2TokenizerFeatureExtractor.from_pretrained(tmp_path)  # derived: no preprocessor file
+    assert (fe.sampling_rate, fe.hop_length) == (model.config.sample_rate, model.config.hop_length)
+
+
+def test_original_checkpoint_with_masked_spec_embed_and_released_config(tmp_path):
+    """The official layout: no size extension block, plus the unused masked_spec_embed."""
+    model = load_model("tiny-24k")
+    save_original(model, tmp_path)
+    state = torch.load(tmp_path / "model.pth", weights_only=True)
+    state["semantic_model.masked_spec_embed"] = torch.zeros(model.config.semantic_hidden_size)
+    torch.save(state, tmp_path / "model.pth")
+    assert_same_weights(HiggsAudioV2TokenizerModel.from_pretrained(tmp_path), model)
+    # Without the size block the config means the released widths, and the tiny weights no longer fit.
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["higgs_tokenizer_sizes"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="wrong shapes"):
+        HiggsAudioV2TokenizerModel.from_pretrained(tmp_path)
+
+
+def test_convert_original_to_transformers(tmp_path):
+    model = load_model("tiny-16k")
+    save_original(model, tmp_path / "orig")
+    convert_original_to_transformers(tmp_path / "orig", tmp_path / "hf")
+    assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= set(os.listdir(tmp_path / "hf"))
+    assert_same_weights(HiggsAudioV2TokenizerModel.from_pretrained(tmp_path / "hf"), model)
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_save_pretrained_round_trips(name, tmp_path):
+    model = load_model(name)
+    model.save_pretrained(tmp_path)
+    again = HiggsAudioV2TokenizerModel.from_pretrained(tmp_path)
+    assert_same_weights(again, model)
+    assert again.config.to_dict() == model.config.to_dict()
+    saved = load_file(tmp_path / "model.safetensors")
+    assert saved.keys() == load_file(fixture_dir(name) / "model.safetensors").keys()
+    fe = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert fe == {**json.loads((fixture_dir(name) / "preprocessor_config.json").read_text()), "padding_value": 0.0}
+
+
+def test_sharded_checkpoint(tmp_path):
+    state = load_file(fixture_dir("tiny-24k") / "model.safetensors")
+    keys = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    for filename, shard_keys in shards.items():
+        save_file({k: state[k] for k in shard_keys}, tmp_path / filename)
+    index = {"metadata": {}, "weight_map": {k: f for f, ks in shards.items() for k in ks}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    (tmp_path / "config.json").write_bytes((fixture_dir("tiny-24k") / "config.json").read_bytes())
+    assert_same_weights(HiggsAudioV2TokenizerModel.from_pretrained(tmp_path), load_model("tiny-24k"))
+    index["weight_map"][keys[0]] = "../elsewhere.safetensors"
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="invalid shard file name"):
+        HiggsAudioV2TokenizerModel.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, "float64"])
+def test_dtype_argument(dtype):
+    model = HiggsAudioV2TokenizerModel.from_pretrained(fixture_dir("tiny-24k"), dtype=dtype)
+    assert model.dtype == torch.float64 and all(p.dtype == torch.float64 for p in model.parameters())
+    cases = load_cases("tiny-24k")
+    with torch.inference_mode():
+        # The reference in float64 agrees with the fixture on every code (fixtures README).
+        codes = model.encode(cases["input_72000"][None, None].double()).audio_codes[0]
+    assert torch.equal(codes, cases["codes_72000"])
+
+
+def test_device_map_cpu():
+    model = HiggsAudioV2TokenizerModel.from_pretrained(fixture_dir("tiny-16k"), device_map="cpu")
+    assert model.device == torch.device("cpu")
+    with pytest.raises(ValueError, match="floating-point"):
+        HiggsAudioV2TokenizerModel.from_pretrained(fixture_dir("tiny-16k"), dtype=torch.int32)
+
+
+# ----------------------------------------------------------------- errors
+def _edit_state(tmp_path, edit):
+    directory = copy_checkpoint("tiny-24k", tmp_path)
+    state = load_file(directory / "model.safetensors")
+    edit(state)
+    save_file(state, directory / "model.safetensors")
+    return directory
+
+
+def test_missing_unexpected_and_misshapen_keys_are_named(tmp_path):
+    def edit(state):
+        del state["fc.bias"]
+        state["fc.extra"] = torch.zeros(3)
+        state["fc2.weight"] = torch.zeros(2, 2)
+        state["semantic_model.masked_spec_embed"] = torch.zeros(32)  # ignored, like the reference
+
+    with pytest.raises(CheckpointError) as err:
+        HiggsAudioV2TokenizerModel.from_pretrained(_edit_state(tmp_path, edit))
+    message = str(err.value)
+    assert "1 missing keys" in message and "fc.bias" in message
+    assert "1 unexpected keys" in message and "fc.extra" in message
+    assert "wrong shapes" in message and "fc2.weight: (2, 2)" in message
+    assert "masked_spec_embed" not in message
+
+
+def test_half_a_weight_norm_pair_is_an_error(tmp_path):
+    key = "semantic_model.encoder.pos_conv_embed.conv.parametrizations.weight.original0"
+    with pytest.raises(CheckpointError, match="only its v tensor"):
+        HiggsAudioV2TokenizerModel.from_pretrained(_edit_state(tmp_path, lambda s: s.pop(key)))
+
+
+def test_integer_tensor_is_an_error(tmp_path):
+    def edit(state):
+        state["fc.bias"] = state["fc.bias"].to(torch.int32)
+
+    with pytest.raises(CheckpointError, match="non-float"):
+        HiggsAudioV2TokenizerModel.from_pretrained(_edit_state(tmp_path, edit))
+
+
+def test_pickle_payload_in_model_pth_is_refused(tmp_path):
+    """weights_only loading: a model.pth that would run code when unpickled is rejected, not run."""
+    save_original(load_model("tiny-16k"), tmp_path)
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"fc_prior.weight": Payload()}, tmp_path / "model.pth")
+    with pytest.raises(CheckpointError, match="tensor-only"):
+        HiggsAudioV2TokenizerModel.from_pretrained(tmp_path)
+    assert not marker.exists()
+
+
+def test_bad_directories(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        HiggsAudioV2TokenizerModel.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "higgs_audio_v2_tokenizer"}))
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        HiggsAudioV2TokenizerModel.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(CheckpointError, match="not a Higgs Audio V2 tokenizer config"):
+        HiggsAudioV2TokenizerModel.from_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no checkpoint directory"):
+        HiggsAudioV2TokenizerModel.from_pretrained(str(tmp_path / "nope" / "deeper"))
+
+
+# ----------------------------------------------------------------- the Hub
+def _run(code: str, env: dict) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **env}
+    return subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=120)
+
+
+def test_hub_id_offline_with_empty_cache_says_what_to_do(tmp_path):
+    code = (
+        "from higgs_tokenizer import HiggsAudioV2TokenizerModel\n"
+        "try:\n    HiggsAudioV2TokenizerModel.from_pretrained('bosonai/higgs-audio-v2-tokenizer')\n"
+        "except OSError as e:\n    print('ERROR', e)\n"
+    )
+    out = _run(code, {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    assert "ERROR could not load 'bosonai/higgs-audio-v2-tokenizer'" in out.stdout
+    assert "HF_HUB_OFFLINE" in out.stdout and "pass its directory" in out.stdout
+
+
+def test_hub_id_from_the_local_cache(tmp_path):
+    """A repo already in huggingface_hub's cache loads offline, in either format."""
+    cache = tmp_path / "hub"
+    for repo, writer in (("org--tiny-hf", "hf"), ("org--tiny-orig", "orig")):
+        snapshot = cache / f"models--{repo}" / "snapshots" / ("0" * 40)
+        if writer == "hf":
+            load_model("tiny-24k").save_pretrained(snapshot)
+        else:
+            save_original(load_model("tiny-24k"), snapshot)
+        (cache / f"models--{repo}" / "refs").mkdir(parents=True)
+        (cache / f"models--{repo}" / "refs" / "main").write_text("0" * 40)
+    code = (
+        "import torch\nfrom higgs_tokenizer import HiggsAudioV2TokenizerModel, HiggsAudioV2TokenizerFeatureExtractor\n"
+        "a = HiggsAudioV2TokenizerModel.from_pretrained('org/tiny-hf')\n"
+        "b = HiggsAudioV2TokenizerModel.from_pretrained('org/tiny-orig')\n"
+        "fe = HiggsAudioV2TokenizerFeatureExtractor.from_pretrained('org/tiny-hf')\n"
+        "same = all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))\n"
+        "print('OK', same, fe.hop_length)\n"
+    )
+    out = _run(code, {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "OK True 960"
