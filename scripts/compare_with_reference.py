@@ -29,11 +29,13 @@ import torchaudio
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "scripts"))
 
 from transformers import HiggsAudioV2TokenizerConfig as RefConfig  # noqa: E402
 from transformers import HiggsAudioV2TokenizerModel as RefModel  # noqa: E402
 
 import higgs_tokenizer  # noqa: E402
+from make_extra_fixtures import original_rule_codes  # noqa: E402  (the original's steps, reference modules)
 
 SHARED = REPO.parent / "shared"
 
@@ -162,6 +164,9 @@ def main() -> int:
             for bw in config.target_bandwidths[:-1]:
                 same = torch.equal(ours.encode(x, bandwidth=bw).audio_codes, reloaded.encode(x, bandwidth=bw, return_dict=False))
                 row[f"codes_identical_bw{bw}"] = same
+            row["original_rule_codes_identical"] = torch.equal(
+                ours.encode(x, length_rule="original").audio_codes, original_rule_codes(reloaded, x)
+            )
             row["original_format_codes_identical"] = torch.equal(ours_from_original.encode(x).audio_codes, our_codes)
             row["decode_rel_err"] = rel_err(ours.decode(ref_codes).audio_values, reloaded.decode(ref_codes, return_dict=False))
             row["forward_rel_err"] = rel_err(ours(x, audio_codes=ref_codes).audio_values, reloaded(x, audio_codes=ref_codes).audio_values)
@@ -169,6 +174,7 @@ def main() -> int:
                 row["codes_identical"]
                 and all(v for k, v in row.items() if k.startswith("codes_identical_bw"))
                 and row["original_format_codes_identical"]
+                and row["original_rule_codes_identical"]
                 and row["decode_rel_err"] <= tolerance
                 and row["forward_rel_err"] <= tolerance
             )
@@ -176,6 +182,7 @@ def main() -> int:
             summary["recordings"][name] = row
             print(f"{name:22s} {row['seconds']:6.2f}s {row['frames']:4d} frames ({row['distinct_codes_q0']:3d} distinct q0)  codes identical: {row['codes_identical']}"
                   f"  bandwidths: {all(v for k, v in row.items() if k.startswith('codes_identical_bw'))}"
+                  f"  original rule: {row['original_rule_codes_identical']}"
                   f"  original format: {row['original_format_codes_identical']}"
                   f"  decode err/peak {row['decode_rel_err']:.2e}  forward err/peak {row['forward_rel_err']:.2e}"
                   f"  {'OK' if ok else 'MISMATCH'}", flush=True)

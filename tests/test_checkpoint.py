@@ -20,7 +20,12 @@ from higgs_tokenizer import (
     convert_original_to_transformers,
     save_original,
 )
-from higgs_tokenizer.checkpoint import config_from_original, original_state_dict, transformers_state_dict
+from higgs_tokenizer.checkpoint import (
+    config_from_original,
+    config_to_original,
+    original_state_dict,
+    transformers_state_dict,
+)
 
 REFERENCE = SHARED / "reference"
 ORIGINAL_FULL_CONFIG = {
@@ -87,6 +92,12 @@ def test_original_config_describes_the_released_model():
         assert getattr(converted.acoustic_model_config, key) == getattr(full.acoustic_model_config, key), key
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "conv_dim"):
         assert getattr(converted.semantic_model_config, key) == getattr(full.semantic_model_config, key), key
+
+
+def test_released_model_writes_the_released_original_config():
+    full = HiggsAudioV2TokenizerConfig.from_json_file(REFERENCE / "transformers_full_config.json")
+    # No size extension block: HuBERT-base and the 64/1024 widths are what the original implies.
+    assert config_to_original(full) == {**ORIGINAL_FULL_CONFIG, "target_bandwidths": [0.5, 1, 1.5, 2]}
 
 
 # ----------------------------------------------------------------- loading variants

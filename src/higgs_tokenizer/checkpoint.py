@@ -15,6 +15,7 @@ describes; nothing in a file is trusted.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -244,7 +245,7 @@ def config_to_original(config: HiggsAudioV2TokenizerConfig) -> dict:
         sizes["encoder_hidden_size"] = acoustic.encoder_hidden_size
     if acoustic.decoder_hidden_size != ORIGINAL_DECODER_WIDTH:
         sizes["decoder_hidden_size"] = acoustic.decoder_hidden_size
-    if config.semantic_model_config.to_dict() != HubertConfig().to_dict():
+    if dataclasses.replace(config.semantic_model_config, extra={}) != HubertConfig():  # HuBERT-base: implied
         sizes["semantic_model_config"] = config.semantic_model_config.to_dict()
     if sizes:
         data[ORIGINAL_EXTENSION_KEY] = sizes
@@ -423,8 +424,6 @@ def load_pretrained(
     if length_rule is not None:
         overrides["length_rule"] = length_rule
     if overrides:
-        import dataclasses
-
         config = dataclasses.replace(config, **overrides)
     with torch.device("meta"):
         model = model_cls(config)
@@ -533,6 +532,9 @@ def _write_atomic(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only; give it normal file permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
