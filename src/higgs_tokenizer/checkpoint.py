@@ -20,11 +20,11 @@ import json
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 
+from .atomic import write_atomic
 from .config import HiggsAudioV2TokenizerConfig, HubertConfig
 from .layers import fold_weight_norm, split_weight_norm
 
@@ -503,9 +503,9 @@ def save_pretrained(model, directory: str | os.PathLike) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     state = transformers_state_dict(model)
     extractor = HiggsAudioV2TokenizerFeatureExtractor.from_model_config(model.config)
-    _write_atomic(directory / SAFETENSORS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
-    _write_atomic(directory / PREPROCESSOR_NAME, lambda p: Path(p).write_text(extractor.to_json_string()))
-    _write_atomic(directory / CONFIG_NAME, lambda p: Path(p).write_text(model.config.to_json_string()))
+    write_atomic(directory / SAFETENSORS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
+    write_atomic(directory / PREPROCESSOR_NAME, lambda p: Path(p).write_text(extractor.to_json_string()))
+    write_atomic(directory / CONFIG_NAME, lambda p: Path(p).write_text(model.config.to_json_string()))
 
 
 def save_original(model, directory: str | os.PathLike) -> None:
@@ -514,8 +514,8 @@ def save_original(model, directory: str | os.PathLike) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = original_state_dict(model)
-    _write_atomic(directory / ORIGINAL_WEIGHTS_NAME, lambda p: torch.save(state, p))
-    _write_atomic(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(original_config, indent=2) + "\n"))
+    write_atomic(directory / ORIGINAL_WEIGHTS_NAME, lambda p: torch.save(state, p))
+    write_atomic(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(original_config, indent=2) + "\n"))
 
 
 def convert_original_to_transformers(source, destination) -> None:
@@ -524,19 +524,3 @@ def convert_original_to_transformers(source, destination) -> None:
 
     model = HiggsAudioV2TokenizerModel.from_pretrained(source)
     save_pretrained(model, destination)
-
-
-def _write_atomic(path: Path, write) -> None:
-    """Write through a temporary file in the same directory, then rename: no half-written checkpoint."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only; give it normal file permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -1,0 +1,172 @@
+"""Audio files in and out: decode any common format, mix to mono, resample, and
+(optionally) normalise loudness; write WAV or FLAC.
+
+libsndfile (through soundfile) reads WAV, FLAC, OGG/Vorbis, Opus and MP3.
+Other containers (m4a/AAC, video files) go through PyAV, an optional extra.
+Resampling uses soxr at its highest quality; integer PCM comes out scaled to [-1, 1].
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import write_atomic
+
+# Read by libsndfile; anything else is offered to PyAV.
+SOUNDFILE_EXTENSIONS = frozenset(
+    {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".snd", ".caf", ".w64", ".rf64"}
+)
+PYAV_EXTENSIONS = frozenset({".m4a", ".aac", ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".wma", ".avi", ".ac3", ".amr"})
+AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS | PYAV_EXTENSIONS
+WRITE_FORMATS = {".wav": ("WAV", "FLOAT"), ".flac": ("FLAC", "PCM_24")}
+
+
+class AudioDecodeError(ValueError):
+    """A file that exists but holds no decodable audio."""
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency is needed for this input; the message names the extra to install."""
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
+    """Decode `path` to mono float32 samples in [-1, 1], resampled to `sample_rate` if given.
+
+    Returns `(samples, rate)`: `rate` is `sample_rate`, or the file's own rate when None.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a directory, not an audio file")
+    if path.stat().st_size == 0:
+        raise AudioDecodeError(f"{path}: empty file (0 bytes)")
+    suffix = path.suffix.lower()
+    if suffix in PYAV_EXTENSIONS:
+        channels, rate = _read_pyav(path)
+    else:
+        try:
+            channels, rate = _read_soundfile(path)
+        except AudioDecodeError:
+            if suffix in SOUNDFILE_EXTENSIONS:
+                raise
+            # An unknown extension: PyAV may still know the container.
+            channels, rate = _read_pyav(path)
+    if channels.shape[1] == 0:
+        raise AudioDecodeError(f"{path}: contains no audio samples")
+    if not np.isfinite(channels).all():
+        raise AudioDecodeError(f"{path}: contains NaN or infinite samples")
+    samples = to_mono(channels)
+    if sample_rate is not None and sample_rate != rate:
+        samples, rate = resample_audio(samples, rate, sample_rate), sample_rate
+    return samples, rate
+
+
+def to_mono(channels: np.ndarray) -> np.ndarray:
+    """`[channels, samples]` → `[samples]` by averaging the channels."""
+    return channels[0].copy() if channels.shape[0] == 1 else channels.mean(axis=0, dtype=np.float32)
+
+
+def resample_audio(samples: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
+    """High-quality resampling of mono float samples (soxr, very high quality)."""
+    import soxr
+
+    if orig_rate == new_rate:
+        return samples
+    return soxr.resample(np.ascontiguousarray(samples, dtype=np.float32), orig_rate, new_rate, quality="VHQ")
+
+
+def _read_soundfile(path: Path) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+        raise AudioDecodeError(f"{path}: not a readable audio file ({_reason(err)})") from None
+    return data.T, int(rate)
+
+
+def _reason(err: Exception) -> str:
+    text = str(err).strip()
+    prefix = "Error opening"
+    if text.startswith(prefix) and ": " in text:
+        text = text.split(": ", 1)[1]
+    return text or type(err).__name__
+
+
+def _read_pyav(path: Path) -> tuple[np.ndarray, int]:
+    try:
+        import av
+    except ImportError:
+        raise MissingExtraError(
+            f"{path}: reading {path.suffix or 'this'} files needs PyAV: pip install 'higgs-audio-tokenizer[av]'"
+        ) from None
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise AudioDecodeError(f"{path}: has no audio stream")
+            stream = container.streams.audio[0]
+            # Planar float: one row per channel, already scaled to [-1, 1].
+            resampler = av.AudioResampler(format="fltp")
+            chunks = [
+                frame.to_ndarray()
+                for decoded in container.decode(stream)
+                for frame in resampler.resample(decoded)
+            ]
+            chunks += [frame.to_ndarray() for frame in resampler.resample(None)]
+            rate = stream.codec_context.sample_rate or stream.rate
+    except AudioDecodeError:
+        raise
+    except Exception as err:  # PyAV raises its own error classes per FFmpeg error code
+        raise AudioDecodeError(f"{path}: not a readable audio file ({type(err).__name__}: {err})") from None
+    if not chunks:
+        raise AudioDecodeError(f"{path}: contains no audio samples")
+    return np.concatenate(chunks, axis=1).astype(np.float32, copy=False), int(rate)
+
+
+def normalize_loudness(samples: np.ndarray, sample_rate: int, target_lufs: float = -23.0) -> np.ndarray:
+    """Scale to `target_lufs` integrated loudness (ITU-R BS.1770, as the original implementation does with pyloudnorm).
+
+    Silence and clips shorter than one 400 ms gating block have no defined loudness:
+    they are returned unchanged, with a warning.
+    """
+    try:
+        import pyloudnorm
+    except ImportError:
+        raise MissingExtraError(
+            "loudness normalisation needs pyloudnorm: pip install 'higgs-audio-tokenizer[loudness]'"
+        ) from None
+    if len(samples) < int(0.4 * sample_rate):
+        warnings.warn("clip shorter than 0.4 s: loudness left unchanged", stacklevel=2)
+        return samples
+    meter = pyloudnorm.Meter(sample_rate)
+    loudness = meter.integrated_loudness(samples.astype(np.float64))
+    if not np.isfinite(loudness):
+        warnings.warn("silent clip: loudness left unchanged", stacklevel=2)
+        return samples
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pyloudnorm warns on peaks above 1; the codec takes them
+        out = pyloudnorm.normalize.loudness(samples.astype(np.float64), loudness, target_lufs)
+    return out.astype(np.float32)
+
+
+def write_audio(path: str | os.PathLike, samples, sample_rate: int) -> Path:
+    """Write mono audio as WAV (32-bit float: lossless, keeps peaks above 1) or FLAC (24-bit).
+
+    The file appears whole or not at all (written aside, then renamed).
+    """
+    import soundfile as sf
+
+    path = Path(path)
+    fmt = WRITE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{path}: can write {', '.join(WRITE_FORMATS)} files, not {path.suffix or 'no extension'}")
+    samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+    if fmt[0] == "FLAC":
+        samples = np.clip(samples, -1.0, 1.0)  # integer PCM cannot hold peaks above full scale
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_atomic(path, lambda tmp: sf.write(tmp, samples, sample_rate, format=fmt[0], subtype=fmt[1]))

@@ -1,0 +1,382 @@
+"""The `higgs-tokenizer` command: encode, decode, roundtrip, info, convert."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .audio import AUDIO_EXTENSIONS, write_audio
+from .codes_file import SUFFIX
+
+EXAMPLES = {
+    "encode": "examples:\n  higgs-tokenizer encode speech.wav -o codes/\n  higgs-tokenizer encode recordings/ 'more/*.flac' -o codes/ --skip-existing",
+    "decode": "examples:\n  higgs-tokenizer decode codes/speech.hac -o decoded/\n  higgs-tokenizer decode codes/ -o decoded/ --format flac",
+    "roundtrip": "example:\n  higgs-tokenizer roundtrip speech.wav -o speech.roundtrip.wav",
+    "info": "examples:\n  higgs-tokenizer info\n  higgs-tokenizer info /models/higgs-audio-v2-tokenizer",
+    "convert": "example:\n  higgs-tokenizer convert original_checkpoint/ converted/",
+}
+
+
+# --------------------------------------------------------------------------- inputs
+@dataclass
+class Job:
+    source: Path
+    output: Path
+
+
+@dataclass
+class Report:
+    done: int = 0
+    skipped: int = 0
+    seconds_of_audio: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def fail(self, what, reason: str, bar=None) -> None:
+        reason = reason.removeprefix(f"{what}: ")  # errors from the audio and codes readers name the file too
+        self.failures.append((str(what), reason))
+        _say(f"FAILED {what}: {reason}", bar)
+
+
+def collect_jobs(inputs: list[str], out_dir: Path, extensions: frozenset[str], out_suffix: str, report: Report) -> list[Job]:
+    """Expand files, directories (recursively) and globs; outputs mirror the input tree under `out_dir`."""
+    jobs: list[Job] = []
+    claimed: dict[Path, Path] = {}
+
+    def add(source: Path, relative: Path) -> None:
+        output = out_dir / relative.with_suffix(out_suffix)
+        if output in claimed:
+            report.fail(source, f"its output {output} is already produced from {claimed[output]}")
+            return
+        claimed[output] = source
+        jobs.append(Job(source, output))
+
+    def add_tree(directory: Path) -> None:
+        found = sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+        if not found:
+            report.fail(directory, f"no {'/'.join(sorted(extensions))} files in this directory")
+        for path in found:
+            add(path, path.relative_to(directory))
+
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            add_tree(path)
+        elif path.is_file():
+            add(path, Path(path.name))
+        elif glob.has_magic(item):
+            base = _glob_base(item)
+            matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
+            if not matches:
+                report.fail(item, "the pattern matches nothing")
+            for match in matches:
+                if match.is_dir():
+                    add_tree(match)
+                elif match.suffix.lower() in extensions:
+                    add(match, match.relative_to(base))
+        else:
+            report.fail(item, "no such file or directory")
+    return jobs
+
+
+def _glob_base(pattern: str) -> Path:
+    """The directory part of a glob before its first wildcard: matches are placed relative to it."""
+    parts = Path(pattern).parts
+    for i, part in enumerate(parts):
+        if glob.has_magic(part):
+            return Path(*parts[:i]) if i else Path(".")
+    return Path(pattern).parent
+
+
+def _say(message: str, bar=None) -> None:
+    if bar is not None:
+        bar.write(message, file=sys.stderr)
+    else:
+        print(message, file=sys.stderr)
+
+
+def _progress(total: int, quiet: bool, unit: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, disable=quiet or total == 0, file=sys.stderr, dynamic_ncols=True)
+
+
+def _existing(job: Job, args, report: Report, bar) -> bool:
+    """True when the job's output exists and is not to be replaced (skipped or failed)."""
+    if not job.output.exists() or args.overwrite:
+        return False
+    if args.skip_existing:
+        report.skipped += 1
+    else:
+        report.fail(job.source, f"{job.output} exists (use --overwrite or --skip-existing)", bar)
+    return True
+
+
+def _summary(verb: str, report: Report, started: float, quiet: bool) -> int:
+    elapsed = time.perf_counter() - started
+    if not quiet or report.failures:
+        line = f"{verb} {report.done} file(s), {report.seconds_of_audio:.1f} s of audio, in {elapsed:.1f} s"
+        if report.skipped:
+            line += f"; skipped {report.skipped} existing"
+        if report.failures:
+            line += f"; {len(report.failures)} FAILED:"
+        print(line, file=sys.stderr)
+        for what, reason in report.failures:
+            print(f"  {what}: {reason}", file=sys.stderr)
+    return 1 if report.failures else 0
+
+
+# --------------------------------------------------------------------------- commands
+def _load_tokenizer(args):
+    from .tokenizer import HiggsAudioTokenizer
+
+    return HiggsAudioTokenizer.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+
+
+def cmd_encode(args) -> int:
+    started = time.perf_counter()
+    report = Report()
+    out_dir = Path(args.output)
+    jobs = collect_jobs(args.inputs, out_dir, AUDIO_EXTENSIONS, SUFFIX, report)
+    tokenizer = _load_tokenizer(args) if jobs else None
+    with _progress(len(jobs), args.quiet, "file") as bar:
+        pending = []
+        for job in jobs:
+            if _existing(job, args, report, bar):
+                bar.update(1)
+                continue
+            try:
+                pending.append((job, tokenizer.load(job.source, loudness=args.loudness)))
+            except Exception as err:
+                report.fail(job.source, _message(err), bar)
+                bar.update(1)
+            if len(pending) >= args.batch_size:
+                _encode_batch(tokenizer, pending, args, report, bar)
+                pending = []
+        _encode_batch(tokenizer, pending, args, report, bar)
+    return _summary("encoded", report, started, args.quiet)
+
+
+def _encode_batch(tokenizer, pending, args, report: Report, bar) -> None:
+    if not pending:
+        return
+    clips = [clip for _, clip in pending]
+    try:
+        all_codes = tokenizer.encode_clips(clips, args.bandwidth)
+    except Exception:
+        # One bad clip (too short, say) must not take the others down: retry them one by one.
+        all_codes = []
+        for job, clip in pending:
+            try:
+                all_codes.append(tokenizer.encode_clips([clip], args.bandwidth)[0])
+            except Exception as err:
+                all_codes.append(err)
+    from .codes_file import EncodedAudio
+
+    for (job, clip), codes in zip(pending, all_codes):
+        bar.update(1)
+        if isinstance(codes, Exception):
+            report.fail(job.source, _message(codes), bar)
+            continue
+        result = EncodedAudio(
+            codes=codes,
+            num_samples=len(clip),
+            sample_rate=tokenizer.sample_rate,
+            hop_length=tokenizer.hop_length,
+            frame_rate=tokenizer.frame_rate,
+            codebook_size=tokenizer.config.codebook_size,
+            model=tokenizer.identity,
+            source=str(job.source),
+            length_rule=tokenizer.config.length_rule,
+        )
+        try:
+            result.save(job.output)
+        except Exception as err:
+            report.fail(job.source, f"cannot write {job.output}: {_message(err)}", bar)
+            continue
+        report.done += 1
+        report.seconds_of_audio += result.duration
+
+
+def cmd_decode(args) -> int:
+    started = time.perf_counter()
+    report = Report()
+    jobs = collect_jobs(args.inputs, Path(args.output), frozenset({SUFFIX}), f".{args.format}", report)
+    tokenizer = _load_tokenizer(args) if jobs else None
+    from .codes_file import load_codes
+
+    with _progress(len(jobs), args.quiet, "file") as bar:
+        for job in jobs:
+            bar.update(1)
+            if _existing(job, args, report, bar):
+                continue
+            try:
+                encoded = load_codes(job.source)
+                audio = tokenizer.decode(encoded)
+            except Exception as err:
+                report.fail(job.source, _message(err), bar)
+                continue
+            try:
+                write_audio(job.output, audio.numpy(), tokenizer.sample_rate)
+            except Exception as err:
+                report.fail(job.source, f"cannot write {job.output}: {_message(err)}", bar)
+                continue
+            report.done += 1
+            report.seconds_of_audio += encoded.duration
+    return _summary("decoded", report, started, args.quiet)
+
+
+def cmd_roundtrip(args) -> int:
+    import torch
+
+    tokenizer = _load_tokenizer(args)
+    t0 = time.perf_counter()
+    clip = tokenizer.load(args.input, loudness=args.loudness)
+    t1 = time.perf_counter()
+    codes = tokenizer.encode_clips([clip], args.bandwidth)[0]
+    t2 = time.perf_counter()
+    with torch.inference_mode():
+        audio = tokenizer.decode(codes)[: len(clip)]
+    t3 = time.perf_counter()
+    write_audio(args.output, audio.numpy(), tokenizer.sample_rate)
+    duration = len(clip) / tokenizer.sample_rate
+    n_q, frames = codes.shape
+    bitrate = n_q * math.log2(tokenizer.config.codebook_size) * tokenizer.frame_rate
+    print(f"input      {args.input}: {duration:.2f} s at {tokenizer.sample_rate} Hz (load {t1 - t0:.2f} s)")
+    print(f"codes      {frames} frames x {n_q} codebooks at {tokenizer.frame_rate} frames/s = {bitrate / 1000:g} kbps")
+    print(f"encode     {t2 - t1:.2f} s, real-time factor {(t2 - t1) / duration:.3f}")
+    print(f"decode     {t3 - t2:.2f} s, real-time factor {(t3 - t2) / duration:.3f}")
+    print(f"output     {args.output}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .checkpoint import resolve_checkpoint
+    from .tokenizer import HiggsAudioTokenizer, default_model
+
+    name = args.model_arg or args.model or default_model()
+    directory, fmt = resolve_checkpoint(name)
+    tokenizer = HiggsAudioTokenizer.from_pretrained(name, device=args.device, dtype=args.dtype)
+    config = tokenizer.config
+    params = sum(p.numel() for p in tokenizer.model.parameters())
+    bandwidths = ", ".join(f"{b:g} kbps ({config.num_quantizers_for_bandwidth(b)} codebooks)" for b in config.target_bandwidths)
+    rows = [
+        ("checkpoint", f"{name} ({fmt} format, {directory})"),
+        ("parameters", f"{params / 1e6:.1f} M ({tokenizer.model.dtype}, {tokenizer.model.device})"),
+        ("sample rate", f"{config.sample_rate} Hz (semantic branch {config.semantic_sample_rate} Hz)"),
+        ("frame rate", f"{config.frame_rate} frames/s (hop {config.hop_length} samples)"),
+        ("codebooks", f"{config.num_quantizers} x {config.codebook_size} (dim {config.codebook_dim})"),
+        ("bandwidths", bandwidths),
+        ("length rule", config.length_rule),
+        ("shortest input", f"{tokenizer.model.min_input_length()} samples"),
+        ("config sha256", tokenizer.identity.config_sha256),
+    ]
+    for key, value in rows:
+        print(f"{key:15s} {value}")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from .checkpoint import convert_original_to_transformers
+
+    convert_original_to_transformers(args.source, args.destination)
+    print(f"wrote a transformers-format checkpoint to {args.destination}")
+    return 0
+
+
+def _message(err: Exception) -> str:
+    text = str(err)
+    if isinstance(err, OSError) and err.strerror and err.filename:
+        text = f"{err.strerror} ({err.filename})"
+    return text or type(err).__name__
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    from .tokenizer import DEFAULT_MODEL, MODEL_ENV
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--model",
+        default=None,
+        help=f"checkpoint directory or Hub id (default: ${MODEL_ENV}, else {DEFAULT_MODEL})",
+    )
+    common.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: cpu)")
+    common.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
+    common.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary (failures still print)")
+
+    files = argparse.ArgumentParser(add_help=False)
+    files.add_argument("-o", "--output", required=True, help="output directory (mirrors the input tree)")
+    existing = files.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
+    existing.add_argument("--skip-existing", action="store_true", help="leave outputs that exist and move on")
+
+    encoding = argparse.ArgumentParser(add_help=False)
+    encoding.add_argument("--bandwidth", type=float, default=None, help="kbps, one of the model's (default: the highest)")
+    encoding.add_argument("--loudness", type=float, default=None, metavar="LUFS",
+                          help="normalise loudness to this many LUFS first (the original uses -23; needs the [loudness] extra)")
+
+    parser = argparse.ArgumentParser(
+        prog="higgs-tokenizer",
+        description="Higgs Audio V2 tokenizer: audio files to codes (.hac) and back.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(EXAMPLES.values()),
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name, help_text, parents):
+        return sub.add_parser(
+            name, help=help_text, description=help_text, parents=parents,
+            epilog=EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    p = add("encode", "encode audio files, directories (recursively) or globs to codes files", [common, files, encoding])
+    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p.add_argument("--batch-size", type=int, default=8, help="files loaded per model call (default 8)")
+    p.set_defaults(run=cmd_encode)
+
+    p = add("decode", "decode codes files (or directories of them) to audio", [common, files])
+    p.add_argument("inputs", nargs="+", metavar="CODES")
+    p.add_argument("--format", choices=("wav", "flac"), default="wav", help="output format (default wav)")
+    p.set_defaults(run=cmd_decode)
+
+    p = add("roundtrip", "encode and decode one file, with timings", [common, encoding])
+    p.add_argument("input", metavar="INPUT")
+    p.add_argument("-o", "--output", required=True, help="output WAV or FLAC file")
+    p.set_defaults(run=cmd_roundtrip)
+
+    p = add("info", "describe a checkpoint", [common])
+    p.add_argument("model_arg", nargs="?", metavar="MODEL", help="checkpoint directory or Hub id")
+    p.set_defaults(run=cmd_info)
+
+    p = add("convert", "convert an original-format checkpoint to the transformers format", [common])
+    p.add_argument("source", help="original-format checkpoint (directory or Hub id)")
+    p.add_argument("destination", help="directory to write")
+    p.set_defaults(run=cmd_convert)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "batch_size", 1) < 1:
+        print("higgs-tokenizer: --batch-size must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a failure of the whole command (model not loadable, ...): say why, no traceback
+        print(f"higgs-tokenizer {args.command}: error: {_message(err)}", file=sys.stderr)
+        if os.environ.get("HIGGS_TOKENIZER_DEBUG"):
+            raise
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
