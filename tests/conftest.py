@@ -69,3 +69,28 @@ def assert_audio_close(audio: torch.Tensor, reference: torch.Tensor, tol: float 
     peak = reference.abs().max()
     err = (audio - reference).abs().max()
     assert err <= tol * peak, f"max error {float(err):.3g} > {tol} x peak {float(peak):.3g}"
+
+
+AUDIO = SHARED / "audio"
+
+
+def audio_file(name: str):
+    path = AUDIO / name
+    if not path.is_file():
+        pytest.fail(f"shared recording missing: {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def short_recordings(tmp_path_factory):
+    """The first 1.5 s of each shared recording, in its own rate and channel count (fast to encode)."""
+    import soundfile as sf
+
+    directory = tmp_path_factory.mktemp("short")
+    out = {}
+    for name in ("en_man.wav", "belinda.wav", "mabel.wav", "old_man.wav"):
+        data, rate = sf.read(audio_file(name), always_2d=True, dtype="int16")
+        path = directory / name
+        sf.write(path, data[: int(1.5 * rate)], rate, subtype="PCM_16")
+        out[name] = path
+    return out
