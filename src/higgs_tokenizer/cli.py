@@ -176,24 +176,12 @@ def _encode_batch(tokenizer, pending, args, report: Report, bar) -> None:
                 all_codes.append(tokenizer.encode_clips([clip], args.bandwidth)[0])
             except Exception as err:
                 all_codes.append(err)
-    from .codes_file import EncodedAudio
-
     for (job, clip), codes in zip(pending, all_codes):
         bar.update(1)
         if isinstance(codes, Exception):
             report.fail(job.source, _message(codes), bar)
             continue
-        result = EncodedAudio(
-            codes=codes,
-            num_samples=len(clip),
-            sample_rate=tokenizer.sample_rate,
-            hop_length=tokenizer.hop_length,
-            frame_rate=tokenizer.frame_rate,
-            codebook_size=tokenizer.config.codebook_size,
-            model=tokenizer.identity,
-            source=str(job.source),
-            length_rule=tokenizer.config.length_rule,
-        )
+        result = tokenizer.encoded(codes, len(clip), str(job.source))
         try:
             result.save(job.output)
         except Exception as err:

@@ -109,24 +109,29 @@ class HiggsAudioTokenizer:
         """
         return self._encode(x, sample_rate, bandwidth, loudness, lambda codes, samples, item: codes)
 
+    @torch.inference_mode()
     def encode_to_result(self, x, sample_rate=None, bandwidth=None, loudness=None, source: str | None = None):
         """Like `encode`, but each result is an `EncodedAudio` (codes with the metadata a codes file holds)."""
+
         def wrap(codes, samples, item):
             name = source if source is not None else (os.fspath(item) if isinstance(item, (str, os.PathLike)) else "")
-            return EncodedAudio(
-                codes=codes,
-                num_samples=len(samples),
-                sample_rate=self.sample_rate,
-                hop_length=self.hop_length,
-                frame_rate=self.frame_rate,
-                codebook_size=self.config.codebook_size,
-                model=self.identity,
-                source=name,
-                length_rule=self.config.length_rule,
-            )
+            return self.encoded(codes, len(samples), name)
 
-        with torch.inference_mode():
-            return self._encode(x, sample_rate, bandwidth, loudness, wrap)
+        return self._encode(x, sample_rate, bandwidth, loudness, wrap)
+
+    def encoded(self, codes: torch.Tensor, num_samples: int, source: str = "") -> EncodedAudio:
+        """Codes of a clip of `num_samples` samples (at the model's rate), with this model's metadata."""
+        return EncodedAudio(
+            codes=codes,
+            num_samples=num_samples,
+            sample_rate=self.sample_rate,
+            hop_length=self.hop_length,
+            frame_rate=self.frame_rate,
+            codebook_size=self.config.codebook_size,
+            model=self.identity,
+            source=source,
+            length_rule=self.config.length_rule,
+        )
 
     def _encode(self, x, sample_rate, bandwidth, loudness, wrap):
         single = not isinstance(x, list)
