@@ -7,6 +7,8 @@ Run inside the reference environment (../shared/tools/setup_reference_env.sh):
 Writes tests/data/reference_extra.safetensors with
 - `resample_{orig}_{new}_in` / `_out`: torchaudio.functional.resample (defaults)
   for many pairs of integer rates;
+- `{fixture}/bf16_codes_{n}`: the reference's codes with the model and input in
+  bfloat16 (`from_pretrained(..., dtype=torch.bfloat16)`);
 - `{fixture}/original_codes_{n}`: codes of Boson AI's original length rule
   (pad 160 x semantic_downsample_factor on each side when the frame counts
   differ, re-run the acoustic encoder, trim the longer branch), computed with
@@ -30,6 +32,7 @@ RATE_PAIRS = [
     (16000, 8000), (7, 3), (3, 7), (1000, 999),
 ]
 EXTRA_LENGTHS = [1000, 2500, 24001, 30000, 47999]
+BF16_LENGTHS = [960, 1920]  # plus the longest (speech) case, added per fixture below
 
 
 @torch.inference_mode()
@@ -67,6 +70,11 @@ def main():
         speech = cases[f"input_{cases['batch_lengths'].max().item()}"]
         inputs = {n: cases[f"input_{n}"] for n in cases["batch_lengths"].tolist()}
         inputs.update({n: speech[:n] for n in EXTRA_LENGTHS if n <= speech.numel()})
+        bf16 = HiggsAudioV2TokenizerModel.from_pretrained(directory, dtype=torch.bfloat16).eval()
+        with torch.inference_mode():
+            for n in BF16_LENGTHS + [int(cases["batch_lengths"].max())]:
+                x = cases[f"input_{n}"].view(1, 1, -1).to(torch.bfloat16)
+                tensors[f"{name}/bf16_codes_{n}"] = bf16.encode(x, return_dict=False)[0].clone()
         for n, x in sorted(inputs.items()):
             tensors[f"{name}/original_input_{n}"] = x.clone()
             tensors[f"{name}/original_codes_{n}"] = original_rule_codes(model, x.view(1, 1, -1))[0].clone()

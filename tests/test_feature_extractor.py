@@ -20,7 +20,11 @@ def test_pads_right_to_a_multiple_of_the_hop(fe):
     assert out.input_values.shape == (1, 1, 1920) and out.input_values.dtype == torch.float32
     assert out.padding_mask.shape == (1, 1920)
     assert out.padding_mask.sum() == 961 and out.input_values[0, 0, 961:].abs().sum() == 0
-    assert fe(np.ones(960), sampling_rate=24000)["input_values"].shape == (1, 1, 960)  # numpy by default
+    # Without return_tensors, like the reference: a list of [1, samples] arrays and a mask array.
+    plain = fe(np.ones(960), sampling_rate=24000)
+    assert isinstance(plain["input_values"], list) and plain["input_values"][0].shape == (1, 960)
+    assert plain["padding_mask"].shape == (1, 960)
+    assert fe(np.ones(960), sampling_rate=24000, return_tensors="np")["input_values"].shape == (1, 1, 960)
 
 
 def test_list_is_a_batch_and_list_of_floats_is_one_clip(fe):
@@ -31,8 +35,12 @@ def test_list_is_a_batch_and_list_of_floats_is_one_clip(fe):
 
 
 def test_max_length_and_truncation(fe):
+    # Truncation rounds max_length up to a whole hop, as the reference does.
     out = fe(np.ones(3000), sampling_rate=24000, truncation=True, padding=False, max_length=1000, return_tensors="pt")
-    assert out["input_values"].shape == (1, 1, 1000) and "padding_mask" not in out
+    assert out["input_values"].shape == (1, 1, 1920) and "padding_mask" not in out
+    # The default padding combines with truncation (only an explicit padding=True conflicts).
+    out = fe([np.ones(3000), np.ones(500)], sampling_rate=24000, truncation=True, max_length=1000, return_tensors="pt")
+    assert out["input_values"].shape == (2, 1, 1920) and out["padding_mask"].sum(1).tolist() == [1920, 500]
     out = fe(np.ones(100), sampling_rate=24000, padding="max_length", max_length=2000, return_tensors="pt")
     assert out["input_values"].shape == (1, 1, 2880)
     with pytest.raises(ValueError, match="Both padding and truncation"):

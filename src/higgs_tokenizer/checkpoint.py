@@ -51,28 +51,36 @@ class CheckpointError(ValueError):
 
 
 # --------------------------------------------------------------------------- finding
-def resolve_checkpoint(
-    name_or_path: str | os.PathLike, revision: str | None = None, cache_dir=None, token=None
-) -> tuple[Path, str]:
+HUB_OPTIONS = ("revision", "cache_dir", "token", "local_files_only")
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike, weights: bool = True, **hub) -> tuple[Path, str]:
     """The directory holding the checkpoint and its format ("transformers" or "original").
 
     A local directory is used as it is; anything else is taken as a Hub repo id
-    and fetched into huggingface_hub's usual cache (only the files needed).
+    and fetched into huggingface_hub's usual cache: only the files needed, and
+    no weights when `weights` is False (reading a config). `hub`: `revision`,
+    `cache_dir`, `token`, `local_files_only`, passed to huggingface_hub.
     """
+    unknown = set(hub) - set(HUB_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown option(s) {sorted(unknown)}; the Hub options are {list(HUB_OPTIONS)}")
     path = Path(os.fspath(name_or_path)).expanduser()
     if path.is_dir():
-        return path, detect_format(path)
+        return path, detect_format(path, weights)
     if path.exists():
         raise FileNotFoundError(f"{path} is a file; pass the directory that holds config.json and the weights")
     name = os.fspath(name_or_path)
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", name) or name.startswith((".", "/", "~")):
         raise FileNotFoundError(f"no checkpoint directory at {name!r} (and it is not a Hub repo id like 'org/name')")
-    return _download(name, revision, cache_dir, token)
+    return _download(name, weights, hub)
 
 
-def detect_format(directory: Path) -> str:
+def detect_format(directory: Path, weights: bool = True) -> str:
     config = _read_json(directory / CONFIG_NAME)
     fmt = _config_format(config, directory / CONFIG_NAME)
+    if not weights:
+        return fmt
     if fmt == "transformers":
         if not (directory / SAFETENSORS_NAME).is_file() and not (directory / SAFETENSORS_INDEX_NAME).is_file():
             raise FileNotFoundError(
@@ -94,29 +102,33 @@ def _config_format(config: dict, where) -> str:
     )
 
 
-def _download(repo_id: str, revision, cache_dir, token) -> tuple[Path, str]:
+def _download(repo_id: str, weights: bool, hub: dict) -> tuple[Path, str]:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
     def fetch(filename: str) -> Path:
-        return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir, token=token))
+        return Path(hf_hub_download(repo_id, filename, **hub))
+
+    def fetch_optional(filename: str) -> None:
+        try:
+            fetch(filename)
+        except EntryNotFoundError:
+            pass
 
     try:
         config_path = fetch(CONFIG_NAME)
         fmt = _config_format(_read_json(config_path), f"{repo_id}/{CONFIG_NAME}")
-        if fmt == "original":
+        if fmt == "transformers":
+            fetch_optional(PREPROCESSOR_NAME)
+        if weights and fmt == "original":
             fetch(ORIGINAL_WEIGHTS_NAME)
-        else:
+        elif weights:
             try:
                 fetch(SAFETENSORS_NAME)
             except EntryNotFoundError:
                 index = _read_json(fetch(SAFETENSORS_INDEX_NAME))
                 for shard in sorted(set(_shard_names(index, repo_id))):
                     fetch(shard)
-            try:
-                fetch(PREPROCESSOR_NAME)
-            except EntryNotFoundError:
-                pass
     except CheckpointError:
         raise
     except Exception as err:  # network, offline mode, missing repo, auth: all told the same way
@@ -145,12 +157,13 @@ def _read_json(path: Path) -> dict:
 
 
 # --------------------------------------------------------------------------- configs
-def load_config(name_or_path, revision=None, cache_dir=None, token=None) -> HiggsAudioV2TokenizerConfig:
-    directory, fmt = resolve_checkpoint(name_or_path, revision, cache_dir, token)
-    return _config_from_directory(directory, fmt)
+def load_config(name_or_path, **hub) -> HiggsAudioV2TokenizerConfig:
+    """A checkpoint's config (either format), without reading or downloading its weights."""
+    directory, fmt = resolve_checkpoint(name_or_path, weights=False, **hub)
+    return config_from_directory(directory, fmt)
 
 
-def _config_from_directory(directory: Path, fmt: str) -> HiggsAudioV2TokenizerConfig:
+def config_from_directory(directory: Path, fmt: str) -> HiggsAudioV2TokenizerConfig:
     data = _read_json(directory / CONFIG_NAME)
     try:
         return HiggsAudioV2TokenizerConfig.from_dict(data) if fmt == "transformers" else config_from_original(data)
@@ -342,7 +355,13 @@ def _read_original(directory: Path) -> dict[str, torch.Tensor]:
     path = directory / ORIGINAL_WEIGHTS_NAME
     try:
         # weights_only: tensors and plain containers only, never arbitrary objects.
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            # Files from torch.save(_use_new_zipfile_serialization=False) cannot be memory-mapped.
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise CheckpointError(f"{path}: not a loadable tensor-only checkpoint ({type(err).__name__}: {err})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
@@ -352,8 +371,9 @@ def _read_original(directory: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def fold_weight_norms(state: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
-    """Replace every weight-norm (g, v) pair by the plain weight it stands for."""
+def fold_weight_norms(state: dict[str, torch.Tensor], where: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Replace every weight-norm (g, v) pair by the plain weight it stands for, computed in `dtype`
+    (as the reference computes it when its parameters are in that dtype)."""
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     out: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
@@ -369,22 +389,18 @@ def fold_weight_norms(state: dict[str, torch.Tensor], where: str) -> dict[str, t
         if key in out:
             raise CheckpointError(f"{where}: {key!r} is stored both plain and weight-normed")
         try:
-            out[key] = fold_weight_norm(pair["g"], pair["v"])
+            out[key] = fold_weight_norm(pair["g"].to(dtype), pair["v"].to(dtype))
         except ValueError as err:
             raise CheckpointError(f"{where}: {key}: {err}") from None
     return out
 
 
-def read_state_dict(directory: Path, fmt: str, config: HiggsAudioV2TokenizerConfig) -> dict[str, torch.Tensor]:
-    """The checkpoint's tensors under this model's key names, weight norm folded (unvalidated)."""
+def read_state_dict(directory: Path, fmt: str, model, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors under `model`'s key names, weight norm folded in `dtype` (unvalidated)."""
     if fmt == "transformers":
-        return fold_weight_norms(_read_safetensors(directory), str(directory))
-    state = fold_weight_norms(_read_original(directory), str(directory))
-    from .model import HiggsAudioV2TokenizerModel
-
-    with torch.device("meta"):
-        names = HiggsAudioV2TokenizerModel(config).state_dict().keys()
-    ours = {original_key(name, config): name for name in names}
+        return fold_weight_norms(_read_safetensors(directory), str(directory), dtype)
+    state = fold_weight_norms(_read_original(directory), str(directory), dtype)
+    ours = {original_key(name, model.config): name for name in model.state_dict()}
     return {ours.get(key, key): tensor for key, tensor in state.items()}
 
 
@@ -414,24 +430,28 @@ def validate_state_dict(state: dict[str, torch.Tensor], expected: dict[str, torc
     return state
 
 
-def load_pretrained(
-    model_cls, name_or_path, *, device=None, dtype=None, length_rule=None, revision=None, cache_dir=None, token=None,
-    config_overrides=None,
-):
-    directory, fmt = resolve_checkpoint(name_or_path, revision, cache_dir, token)
-    config = _config_from_directory(directory, fmt)
-    overrides = dict(config_overrides or {})
-    if length_rule is not None:
-        overrides["length_rule"] = length_rule
+def load_pretrained(model_cls, name_or_path, *, device=None, dtype=None, config_overrides=None, **hub):
+    """Build `model_cls` from a checkpoint; `config_overrides` replace config fields (e.g. length_rule)."""
+    overrides = {k: v for k, v in (config_overrides or {}).items() if v is not None}
+    fields = {f.name for f in dataclasses.fields(HiggsAudioV2TokenizerConfig)} - {"extra"}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise TypeError(
+            f"from_pretrained got unexpected argument(s) {unknown}: it takes device_map/device, dtype, length_rule, "
+            f"the Hub options {list(HUB_OPTIONS)}, and config fields"
+        )
+    directory, fmt = resolve_checkpoint(name_or_path, **hub)
+    config = config_from_directory(directory, fmt)
     if overrides:
         config = dataclasses.replace(config, **overrides)
+    dtype = _resolve_dtype(dtype, config)
     with torch.device("meta"):
         model = model_cls(config)
-    state = read_state_dict(directory, fmt, config)
+    state = read_state_dict(directory, fmt, model, dtype)
     state = validate_state_dict(state, model.state_dict(), str(directory))
     # assign=True adopts the loaded tensors instead of copying them into fresh ones.
     model.load_state_dict(state, strict=True, assign=True)
-    model.to(device=device, dtype=_resolve_dtype(dtype, config))
+    model.to(device=device, dtype=dtype)
     return model.eval()
 
 
@@ -455,11 +475,15 @@ def transformers_state_dict(model) -> dict[str, torch.Tensor]:
     """The model's tensors as the transformers format stores them (CPU, contiguous)."""
     state = {k: _portable(v) for k, v in model.state_dict().items()}
     # transformers' HuBERT always holds its positional conv weight-normed.
-    g, v = split_weight_norm(state.pop(POS_CONV_WEIGHT), dim=2)
-    base = POS_CONV_WEIGHT[: -len(".weight")]
-    state[f"{base}.parametrizations.weight.original0"] = g
-    state[f"{base}.parametrizations.weight.original1"] = v
+    state.update(_pos_conv_parametrization(state.pop(POS_CONV_WEIGHT), POS_CONV_WEIGHT))
     return state
+
+
+def _pos_conv_parametrization(weight: torch.Tensor, name: str) -> dict[str, torch.Tensor]:
+    """HuBERT's positional conv weight as both formats store it: weight norm over the kernel axis."""
+    g, v = split_weight_norm(weight, dim=2)
+    base = name[: -len(".weight")]
+    return {f"{base}.parametrizations.weight.original0": g, f"{base}.parametrizations.weight.original1": v}
 
 
 def original_state_dict(model) -> dict[str, torch.Tensor]:
@@ -474,14 +498,12 @@ def original_state_dict(model) -> dict[str, torch.Tensor]:
         tensor = _portable(tensor)
         name = original_key(key, config)
         acoustic_conv = key.startswith(("acoustic_encoder.", "acoustic_decoder.")) and key.endswith(".weight")
-        if acoustic_conv or key == POS_CONV_WEIGHT:
-            g, v = split_weight_norm(tensor, dim=2 if key == POS_CONV_WEIGHT else 0)
+        if key == POS_CONV_WEIGHT:
+            state.update(_pos_conv_parametrization(tensor, name))
+        elif acoustic_conv:
+            g, v = split_weight_norm(tensor, dim=0)
             base = name[: -len(".weight")]
-            if key == POS_CONV_WEIGHT:
-                state[f"{base}.parametrizations.weight.original0"] = g
-                state[f"{base}.parametrizations.weight.original1"] = v
-            else:
-                state[f"{base}.weight_g"], state[f"{base}.weight_v"] = g, v
+            state[f"{base}.weight_g"], state[f"{base}.weight_v"] = g, v
         else:
             state[name] = tensor
     return state

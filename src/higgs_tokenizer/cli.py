@@ -248,7 +248,7 @@ def cmd_info(args) -> int:
     from .tokenizer import HiggsAudioTokenizer, default_model
 
     name = args.model_arg or args.model or default_model()
-    directory, fmt = resolve_checkpoint(name)
+    directory, fmt = resolve_checkpoint(name, weights=False)
     tokenizer = HiggsAudioTokenizer.from_pretrained(name, device=args.device, dtype=args.dtype)
     config = tokenizer.config
     params = sum(p.numel() for p in tokenizer.model.parameters())

@@ -106,10 +106,6 @@ class HubertConfig(_DictConfig):
         if self.hidden_size % self.num_attention_heads:
             raise ValueError("semantic_model_config: hidden_size must be divisible by num_attention_heads")
 
-    @property
-    def conv_stride_product(self) -> int:
-        return math.prod(self.conv_stride)
-
 
 @dataclass
 class AcousticConfig(_DictConfig):
@@ -264,9 +260,13 @@ class HiggsAudioV2TokenizerConfig(_DictConfig):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs) -> "HiggsAudioV2TokenizerConfig":
-        from .checkpoint import load_config
+        """The config of a checkpoint (directory or Hub id, either format); reads no weights.
+        Hub options (revision, cache_dir, token, local_files_only) are passed on; other
+        keyword arguments replace config fields."""
+        from .checkpoint import HUB_OPTIONS, load_config
 
-        config = load_config(name_or_path)
+        hub = {k: kwargs.pop(k) for k in list(kwargs) if k in HUB_OPTIONS}
+        config = load_config(name_or_path, **hub)
         return dataclasses.replace(config, **kwargs) if kwargs else config
 
 

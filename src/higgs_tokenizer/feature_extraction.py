@@ -60,6 +60,8 @@ class HiggsAudioV2TokenizerFeatureExtractor:
         self.sampling_rate = int(sampling_rate)
         self.padding_value = float(padding_value)
         self.hop_length = int(hop_length)
+        if self.hop_length < 1 or self.sampling_rate < 1:
+            raise ValueError(f"hop_length and sampling_rate must be positive, got {hop_length} and {sampling_rate}")
         self.padding_side = padding_side
         self.return_attention_mask = return_attention_mask
         self.extra = extra
@@ -69,19 +71,19 @@ class HiggsAudioV2TokenizerFeatureExtractor:
         return cls(sampling_rate=config.sample_rate, hop_length=config.hop_length)
 
     @classmethod
-    def from_pretrained(cls, name_or_path, revision=None, cache_dir=None, token=None):
+    def from_pretrained(cls, name_or_path, **hub):
         """From `preprocessor_config.json`, or derived from the model config where there is none
-        (original-format checkpoints have none)."""
-        from .checkpoint import PREPROCESSOR_NAME, _config_from_directory, resolve_checkpoint
+        (original-format checkpoints have none). Reads no weights. `hub`: see `resolve_checkpoint`."""
+        from .checkpoint import PREPROCESSOR_NAME, config_from_directory, resolve_checkpoint
 
-        directory, fmt = resolve_checkpoint(name_or_path, revision, cache_dir, token)
+        directory, fmt = resolve_checkpoint(name_or_path, weights=False, **hub)
         path = Path(directory) / PREPROCESSOR_NAME
         if path.is_file():
             with open(path) as f:
                 data = json.load(f)
             data.pop("feature_extractor_type", None)
             return cls(**data)
-        return cls.from_model_config(_config_from_directory(directory, fmt))
+        return cls.from_model_config(config_from_directory(directory, fmt))
 
     def to_dict(self) -> dict:
         return {
@@ -127,15 +129,19 @@ class HiggsAudioV2TokenizerFeatureExtractor:
                 f"this feature extractor expects audio at {self.sampling_rate} Hz, got {sampling_rate} Hz: "
                 "resample it first"
             )
-        if padding is None:
-            padding = True
+        # As in the reference: explicit padding with truncation is a conflict, but the
+        # default padding (None → pad to the longest) combines with truncation.
         if padding and truncation:
             raise ValueError("Both padding and truncation were set. Make sure you only set one.")
+        if padding is None:
+            padding = True
         if truncation and max_length is None:
             raise ValueError("truncation needs max_length")
         clips = [self._as_mono(clip, i) for i, clip in enumerate(_as_batch(raw_audio))]
         if truncation:
-            clips = [clip[:max_length] for clip in clips]
+            # The reference rounds max_length up to a whole hop before cutting.
+            limit = -(-max_length // self.hop_length) * self.hop_length
+            clips = [clip[:limit] for clip in clips]
 
         if padding in (True, "longest"):
             target = max(len(c) for c in clips)
@@ -160,7 +166,8 @@ class HiggsAudioV2TokenizerFeatureExtractor:
             for i, clip in enumerate(clips):
                 values[i, 0, : len(clip)] = clip
                 mask[i, : len(clip)] = 1
-            result = BatchFeature(input_values=values, padding_mask=mask)
+            # Like the reference: a list of [1, samples] arrays until tensors are asked for.
+            result = BatchFeature(input_values=list(values), padding_mask=mask)
         return _convert(result, return_tensors)
 
     @staticmethod
@@ -196,15 +203,15 @@ def _as_batch(raw_audio) -> list:
 
 
 def _convert(features: BatchFeature, return_tensors: str | None) -> BatchFeature:
-    if return_tensors is None or return_tensors == "np":
+    if return_tensors is None:
         return features
-    if return_tensors != "pt":
+    if return_tensors not in ("pt", "np"):
         raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
     out = BatchFeature()
     for key, value in features.items():
         if isinstance(value, list):
-            value = np.stack(value) if len({v.shape for v in value}) == 1 else None
-            if value is None:
+            if len({v.shape for v in value}) != 1:
                 raise ValueError("clips of different lengths cannot form one tensor without padding")
-        out[key] = torch.from_numpy(np.ascontiguousarray(value))
+            value = np.stack(value)
+        out[key] = torch.from_numpy(np.ascontiguousarray(value)) if return_tensors == "pt" else value
     return out

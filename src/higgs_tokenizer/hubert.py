@@ -153,12 +153,3 @@ class HubertModel(nn.Module):
     def forward(self, waveform: torch.Tensor) -> list[torch.Tensor]:
         features = self.feature_extractor(waveform).transpose(1, 2)
         return self.encoder(self.feature_projection(features))
-
-    @property
-    def receptive_field(self) -> int:
-        """Input samples that one output frame of the conv feature encoder sees (400 for HuBERT-base)."""
-        field, jump = 1, 1
-        for k, s in zip(self.config.conv_kernel, self.config.conv_stride):
-            field += (k - 1) * jump
-            jump *= s
-        return field

@@ -86,17 +86,22 @@ class HiggsAudioV2TokenizerModel(nn.Module):
         device=None,
         dtype=None,
         length_rule: str | None = None,
+        torch_dtype=None,
         revision: str | None = None,
         cache_dir: str | os.PathLike | None = None,
         token: str | bool | None = None,
+        local_files_only: bool = False,
         **config_overrides,
     ) -> "HiggsAudioV2TokenizerModel":
         """Load a checkpoint: a local directory or a Hub id, in transformers or original format.
 
         `device_map`/`device`: where the weights go ("cpu", "cuda", "cuda:1", a
-        torch.device, or "auto" for the first GPU when there is one). `dtype`:
-        a torch dtype or its name; default float32. `length_rule`: "transformers"
-        (default) or "original" (see `encode`).
+        torch.device, or "auto" for the first GPU when there is one). `dtype`
+        (or its older name `torch_dtype`): a torch dtype or its name, or "auto"
+        for the checkpoint's; the default is float32 (transformers defaults to
+        "auto", which is float32 for every published checkpoint). `length_rule`:
+        "transformers" (default) or "original" (see `encode`). Other keyword
+        arguments replace config fields.
         """
         from .checkpoint import load_pretrained
 
@@ -104,12 +109,12 @@ class HiggsAudioV2TokenizerModel(nn.Module):
             cls,
             name_or_path,
             device=_resolve_device(device_map if device is None else device),
-            dtype=dtype,
-            length_rule=length_rule,
+            dtype=dtype if dtype is not None else torch_dtype,
+            config_overrides={**config_overrides, "length_rule": length_rule},
             revision=revision,
             cache_dir=cache_dir,
             token=token,
-            config_overrides=config_overrides,
+            local_files_only=local_files_only,
         )
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
@@ -184,7 +189,7 @@ class HiggsAudioV2TokenizerModel(nn.Module):
         `length_rule` overrides `config.length_rule` for this call.
         """
         num_quantizers = self.config.num_quantizers_for_bandwidth(bandwidth)
-        input_values = self._check_waveform(input_values)
+        input_values = self._check_waveform(input_values, length_rule)
         codes = self.quantizer.encode(self.embed(input_values, length_rule), num_quantizers)
         return self._wrap(HiggsAudioV2TokenizerEncoderOutput(codes), return_dict)
 
@@ -256,7 +261,7 @@ class HiggsAudioV2TokenizerModel(nn.Module):
             raise ValueError(f"length_rule must be one of {LENGTH_RULES}, got {length_rule!r}")
         return length_rule
 
-    def _check_waveform(self, input_values) -> torch.Tensor:
+    def _check_waveform(self, input_values, length_rule: str | None = None) -> torch.Tensor:
         if not isinstance(input_values, torch.Tensor):
             raise TypeError(f"input_values must be a torch.Tensor [batch, 1, samples], got {type(input_values).__name__}")
         if input_values.dim() != 3:
@@ -276,10 +281,11 @@ class HiggsAudioV2TokenizerModel(nn.Module):
             raise ValueError(f"input_values is empty: shape {tuple(input_values.shape)}")
         if not torch.isfinite(input_values).all():
             raise ValueError("input_values contains NaN or infinite samples")
-        if num_samples < self.min_input_length():
+        shortest = self.min_input_length(length_rule)
+        if num_samples < shortest:
             raise ValueError(
                 f"input of {num_samples} samples is too short: the shortest this model encodes is "
-                f"{self.min_input_length()} samples ({self.min_input_length() / self.config.sample_rate * 1000:.1f} ms)"
+                f"{shortest} samples ({shortest / self.config.sample_rate * 1000:.1f} ms)"
             )
         return input_values.to(device=self.device, dtype=self.dtype)
 
