@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .config import AcousticConfig
-from .layers import Snake1d
+from .layers import Snake1d, masked_conv, zero_padding
 
 RESIDUAL_DILATIONS = (1, 3, 9)
 
@@ -28,7 +28,8 @@ class AcousticResidualUnit(nn.Module):
         self.snake2 = Snake1d(channels)
         self.conv2 = nn.Conv1d(channels, channels, kernel_size=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        x = zero_padding(x, lengths)  # Snake(0) = 0: the dilated conv then sees zeros past each item
         return x + self.conv2(self.snake2(self.conv1(self.snake1(x))))
 
 
@@ -41,9 +42,11 @@ class AcousticEncoderBlock(nn.Module):
         self.snake1 = Snake1d(channels)
         self.conv1 = nn.Conv1d(channels, 2 * channels, kernel_size=2 * stride, stride=stride, padding=math.ceil(stride / 2))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.res_unit3(self.res_unit2(self.res_unit1(x)))
-        return self.conv1(self.snake1(x))
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None):
+        """Returns the output and each item's output length."""
+        for unit in (self.res_unit1, self.res_unit2, self.res_unit3):
+            x = unit(x, lengths)
+        return masked_conv(self.conv1, self.snake1(x), lengths)
 
 
 class AcousticEncoder(nn.Module):
@@ -61,11 +64,12 @@ class AcousticEncoder(nn.Module):
         self.snake1 = Snake1d(width)
         self.conv2 = nn.Conv1d(width, config.hidden_size, kernel_size=3, padding=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(x)
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """`lengths`: each item's valid samples in a padded batch (None: all full)."""
+        x, lengths = masked_conv(self.conv1, x, lengths)
         for block in self.block:
-            x = block(x)
-        return self.conv2(self.snake1(x))
+            x, lengths = block(x, lengths)
+        return masked_conv(self.conv2, self.snake1(x), lengths)[0]
 
 
 class AcousticDecoderBlock(nn.Module):
@@ -88,9 +92,12 @@ class AcousticDecoderBlock(nn.Module):
             AcousticResidualUnit(channels // 2, d) for d in RESIDUAL_DILATIONS
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv_t1(self.snake1(x))
-        return self.res_unit3(self.res_unit2(self.res_unit1(x)))
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None):
+        """Returns the output and each item's output length."""
+        x, lengths = masked_conv(self.conv_t1, self.snake1(x), lengths)
+        for unit in (self.res_unit1, self.res_unit2, self.res_unit3):
+            x = unit(x, lengths)
+        return x, lengths
 
 
 class AcousticDecoder(nn.Module):
@@ -108,8 +115,9 @@ class AcousticDecoder(nn.Module):
         self.snake1 = Snake1d(width)
         self.conv2 = nn.Conv1d(width, 1, kernel_size=7, padding=3)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(x)
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """`lengths`: each item's valid frames in a padded batch (None: all full)."""
+        x, lengths = masked_conv(self.conv1, x, lengths)
         for block in self.block:
-            x = block(x)
-        return self.conv2(self.snake1(x))
+            x, lengths = block(x, lengths)
+        return masked_conv(self.conv2, self.snake1(x), lengths)[0]

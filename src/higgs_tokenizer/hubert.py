@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import HubertConfig
+from .layers import conv_lengths, zero_padding
 
 
 class FeatureEncoderLayer(nn.Module):
@@ -24,11 +25,19 @@ class FeatureEncoderLayer(nn.Module):
         # channel: it normalises each channel over the whole clip.
         self.layer_norm = nn.GroupNorm(out_channels, out_channels, affine=True) if group_norm else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None):
+        """Returns the output and each item's output length. These convs have no
+        padding, so a valid output frame only ever reads valid input frames."""
+        x, lengths = self.conv(x), conv_lengths(self.conv, lengths)
         if self.layer_norm is not None:
-            x = self.layer_norm(x)
-        return F.gelu(x)
+            if lengths is None:
+                x = self.layer_norm(x)
+            else:
+                # Normalise each item over its own frames only, exactly as it would be alone.
+                x = torch.cat(
+                    [F.pad(self.layer_norm(x[i : i + 1, :, :n]), (0, x.shape[-1] - n)) for i, n in enumerate(lengths.tolist())]
+                )
+        return F.gelu(x), lengths
 
 
 class FeatureEncoder(nn.Module):
@@ -42,11 +51,11 @@ class FeatureEncoder(nn.Module):
             for n, (i, o, k, s) in enumerate(zip(in_channels, config.conv_dim, config.conv_kernel, config.conv_stride))
         )
 
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None):
         x = waveform[:, None]
         for layer in self.conv_layers:
-            x = layer(x)
-        return x
+            x, lengths = layer(x, lengths)
+        return x, lengths
 
 
 class FeatureProjection(nn.Module):
@@ -87,14 +96,15 @@ class SelfAttention(nn.Module):
         self.scaling = self.head_dim**-0.5
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(d, d) for _ in range(4))
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`key_mask` `[B, 1, 1, T]`: True where a frame may be attended to (padding excluded)."""
         b, t, d = hidden.shape
 
         def heads(x: torch.Tensor) -> torch.Tensor:
             return x.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
 
         q, k, v = heads(self.q_proj(hidden)), heads(self.k_proj(hidden)), heads(self.v_proj(hidden))
-        out = F.scaled_dot_product_attention(q, k, v, scale=self.scaling)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=self.scaling)
         return self.out_proj(out.transpose(1, 2).reshape(b, t, d))
 
 
@@ -118,8 +128,8 @@ class TransformerLayer(nn.Module):
         self.feed_forward = FeedForward(config)
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        hidden = self.layer_norm(hidden + self.attention(hidden))
+    def forward(self, hidden: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = self.layer_norm(hidden + self.attention(hidden, key_mask))
         return self.final_layer_norm(hidden + self.feed_forward(hidden))
 
 
@@ -130,12 +140,18 @@ class TransformerEncoder(nn.Module):
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.layers = nn.ModuleList(TransformerLayer(config) for _ in range(config.num_hidden_layers))
 
-    def forward(self, hidden: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, hidden: torch.Tensor, lengths: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Every hidden state: the embedding output, then each layer's output."""
+        key_mask = None
+        if lengths is not None:
+            # The positional conv must see zeros past each item, and attention must not see them at all.
+            hidden = zero_padding(hidden.transpose(1, 2), lengths).transpose(1, 2)
+            key_mask = (torch.arange(hidden.shape[1], device=hidden.device) < lengths.to(hidden.device)[:, None])
+            key_mask = key_mask[:, None, None, :]
         hidden = self.layer_norm(hidden + self.pos_conv_embed(hidden))
         states = [hidden]
         for layer in self.layers:
-            hidden = layer(hidden)
+            hidden = layer(hidden, key_mask)
             states.append(hidden)
         return states
 
@@ -150,6 +166,7 @@ class HubertModel(nn.Module):
         self.feature_projection = FeatureProjection(config)
         self.encoder = TransformerEncoder(config)
 
-    def forward(self, waveform: torch.Tensor) -> list[torch.Tensor]:
-        features = self.feature_extractor(waveform).transpose(1, 2)
-        return self.encoder(self.feature_projection(features))
+    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Hidden states, and each item's valid frames when `lengths` (valid samples per item) is given."""
+        features, lengths = self.feature_extractor(waveform, lengths)
+        return self.encoder(self.feature_projection(features.transpose(1, 2)), lengths), lengths

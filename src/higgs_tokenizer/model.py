@@ -11,6 +11,7 @@ length rule) both behaviours are offered.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, fields
 
@@ -21,7 +22,7 @@ from torch import nn
 from .acoustic import AcousticDecoder, AcousticEncoder
 from .config import LENGTH_RULES, HiggsAudioV2TokenizerConfig
 from .hubert import HubertModel
-from .layers import conv_stack_output_length
+from .layers import conv_stack_output_length, zero_padding
 from .quantizer import ResidualVectorQuantizer
 from .resample import resample
 from .semantic import SemanticDecoder, SemanticEncoder
@@ -46,6 +47,8 @@ class ModelOutput:
 @dataclass
 class HiggsAudioV2TokenizerEncoderOutput(ModelOutput):
     audio_codes: torch.Tensor | None = None
+    # With a padding mask: each item's number of code frames (later frames are padding, set to 0).
+    code_lengths: torch.Tensor | None = None
 
 
 @dataclass
@@ -134,13 +137,27 @@ class HiggsAudioV2TokenizerModel(nn.Module):
     # --------------------------------------------------------------- encoding
     def semantic_features(self, input_values: torch.Tensor) -> torch.Tensor:
         """Averaged HuBERT hidden states at the code frame rate, `[B, frames, semantic_hidden]`."""
+        return self._semantic_features(input_values, None)[0]
+
+    def _semantic_features(self, input_values: torch.Tensor, lengths: torch.Tensor | None):
         config = self.config
-        waveform = resample(input_values[:, 0, :], config.sample_rate, config.semantic_sample_rate)
+        waveform = resample(zero_padding(input_values, lengths)[:, 0, :], config.sample_rate, config.semantic_sample_rate)
+        if lengths is not None:
+            # Each item's resampled length (ceil, as the resampler cuts it); the filter's tail
+            # past it would not exist alone, where HuBERT's zero padding follows instead.
+            gcd = math.gcd(config.sample_rate, config.semantic_sample_rate)
+            up, down = config.semantic_sample_rate // gcd, config.sample_rate // gcd
+            lengths = -(-lengths * up // down)
+            waveform = zero_padding(waveform[:, None], lengths)[:, 0]
+            lengths = lengths + 2 * SEMANTIC_PADDING
         waveform = F.pad(waveform, (SEMANTIC_PADDING, SEMANTIC_PADDING))
         with torch.no_grad():
-            hidden_states = self.semantic_model(waveform)
+            hidden_states, frames = self.semantic_model(waveform, lengths)
         features = torch.stack(hidden_states, dim=1).mean(dim=1)
-        return features[:, :: config.semantic_downsample_factor, :]
+        step = config.semantic_downsample_factor
+        if frames is not None:
+            frames = -(-frames // step)
+        return features[:, ::step, :], frames
 
     def _acoustic_padding(self, num_samples: int, semantic_frames: int, length_rule: str) -> int:
         """Zeros added on each side of the waveform before the acoustic encoder.
@@ -155,26 +172,46 @@ class HiggsAudioV2TokenizerModel(nn.Module):
             return self.config.hop_length // 2
         return SEMANTIC_PADDING * self.config.semantic_downsample_factor
 
-    def embed(self, input_values: torch.Tensor, length_rule: str | None = None) -> torch.Tensor:
-        """Pre-quantization embeddings `[B, frames, hidden]` (after `fc`)."""
+    def embed(self, input_values: torch.Tensor, padding_mask: torch.Tensor | None = None, length_rule: str | None = None):
+        """Pre-quantization embeddings `[B, frames, hidden]` (after `fc`) and each item's frame count `[B]`.
+
+        With `padding_mask` (`[B, samples]`, 1 for audio, right padding) every item gets
+        exactly what it would get alone; frames past an item's count are padding.
+        """
         length_rule = self._length_rule(length_rule)
-        e_semantic = self.encoder_semantic(self.semantic_features(input_values).transpose(1, 2))
-        frames = e_semantic.shape[2]
-        pad = self._acoustic_padding(input_values.shape[-1], frames, length_rule)
-        e_acoustic = self.acoustic_encoder(F.pad(input_values, (pad, pad)) if pad else input_values)
-        if e_acoustic.shape[2] != frames:
-            if length_rule == "transformers":
+        lengths = self._valid_lengths(input_values, padding_mask)
+        features, semantic_frames = self._semantic_features(input_values, lengths)
+        e_semantic = self.encoder_semantic(features.transpose(1, 2), semantic_frames)
+        batch = input_values.shape[0]
+        sample_counts = lengths.tolist() if lengths is not None else [input_values.shape[-1]] * batch
+        semantic_counts = semantic_frames.tolist() if semantic_frames is not None else [e_semantic.shape[2]] * batch
+        pads = [self._acoustic_padding(n, t, length_rule) for n, t in zip(sample_counts, semantic_counts)]
+        if lengths is None and len(set(pads)) == 1:
+            acoustic_input, acoustic_lengths = F.pad(input_values, (pads[0], pads[0])), None
+        else:
+            # Each item padded by its own rule, then right-padded to the batch.
+            acoustic_lengths = torch.tensor([n + 2 * p for n, p in zip(sample_counts, pads)])
+            acoustic_input = input_values.new_zeros(batch, 1, int(acoustic_lengths.max()))
+            for i, (n, p) in enumerate(zip(sample_counts, pads)):
+                acoustic_input[i, :, p : p + n] = input_values[i, :, :n]
+        e_acoustic = self.acoustic_encoder(acoustic_input, acoustic_lengths)
+        acoustic_counts = (
+            conv_stack_output_length(self.acoustic_encoder, acoustic_lengths).tolist()
+            if acoustic_lengths is not None
+            else [e_acoustic.shape[2]] * batch
+        )
+        for i, (a, t) in enumerate(zip(acoustic_counts, semantic_counts)):
+            if a != t and length_rule == "transformers":
                 # The reference fails here (torch.cat of unequal lengths).
                 raise ValueError(
-                    f"an input of {input_values.shape[-1]} samples gives {frames} semantic and "
-                    f"{e_acoustic.shape[2]} acoustic frames, which the transformers length rule cannot reconcile; "
-                    "pad the audio to a multiple of the hop length (the feature extractor does) "
-                    "or use length_rule='original'"
+                    f"an input of {sample_counts[i]} samples gives {t} semantic and {a} acoustic frames, "
+                    "which the transformers length rule cannot reconcile; pad the audio to a multiple of the "
+                    "hop length (the feature extractor does) or use length_rule='original'"
                 )
-            frames = min(frames, e_acoustic.shape[2])
-            e_acoustic, e_semantic = e_acoustic[..., :frames], e_semantic[..., :frames]
-        embeddings = torch.cat([e_acoustic, e_semantic], dim=1)
-        return self.fc(embeddings.transpose(1, 2))
+        frames = torch.tensor([min(a, t) for a, t in zip(acoustic_counts, semantic_counts)])
+        width = int(frames.max())
+        embeddings = torch.cat([e_acoustic[..., :width], e_semantic[..., :width]], dim=1)
+        return self.fc(embeddings.transpose(1, 2)), frames
 
     def encode(
         self,
@@ -182,23 +219,46 @@ class HiggsAudioV2TokenizerModel(nn.Module):
         bandwidth: float | None = None,
         return_dict: bool | None = None,
         length_rule: str | None = None,
+        padding_mask: torch.Tensor | None = None,
     ):
         """Waveform `[batch, 1, samples]` at `config.sample_rate` → codes `[batch, n_q, frames]` (int64).
 
         `bandwidth` (kbps) must be one of `config.target_bandwidths`; default the highest.
-        `length_rule` overrides `config.length_rule` for this call.
+        `length_rule` overrides `config.length_rule` for this call. `padding_mask`
+        (`[batch, samples]`, 1 for audio, 0 for right padding) makes a padded batch exact:
+        each item's codes are those it gets alone, and `code_lengths` says how many
+        frames it has (later frames are 0). Without it, padding is encoded as audio,
+        as the reference does.
         """
         num_quantizers = self.config.num_quantizers_for_bandwidth(bandwidth)
-        input_values = self._check_waveform(input_values, length_rule)
-        codes = self.quantizer.encode(self.embed(input_values, length_rule), num_quantizers)
-        return self._wrap(HiggsAudioV2TokenizerEncoderOutput(codes), return_dict)
+        input_values = self._check_waveform(input_values, length_rule, padding_mask)
+        embeddings, frames = self.embed(input_values, padding_mask, length_rule)
+        codes = self.quantizer.encode(embeddings, num_quantizers)
+        if padding_mask is None:
+            return self._wrap(HiggsAudioV2TokenizerEncoderOutput(codes), return_dict)
+        codes = zero_padding(codes, frames)
+        if not (self.config.return_dict if return_dict is None else return_dict):
+            return codes
+        return HiggsAudioV2TokenizerEncoderOutput(codes, frames)
 
     # --------------------------------------------------------------- decoding
-    def decode(self, audio_codes: torch.Tensor, return_dict: bool | None = None):
-        """Codes `[batch, n_q, frames]` (1 ≤ n_q ≤ num_quantizers) → waveform `[batch, 1, frames * hop]`."""
+    def decode(self, audio_codes: torch.Tensor, return_dict: bool | None = None, code_lengths: torch.Tensor | None = None):
+        """Codes `[batch, n_q, frames]` (1 ≤ n_q ≤ num_quantizers) → waveform `[batch, 1, frames * hop]`.
+
+        `code_lengths` (`[batch]`, from `encode` with a padding mask): each item is decoded
+        as if alone, and its audio past `code_lengths * hop` samples is zero.
+        """
         audio_codes = self._check_codes(audio_codes)
-        quantized = self.quantizer.decode(audio_codes)
-        audio_values = self.acoustic_decoder(self.fc2(quantized).transpose(1, 2))
+        if code_lengths is not None:
+            code_lengths = torch.as_tensor(code_lengths, dtype=torch.long).cpu()
+            if code_lengths.shape != (audio_codes.shape[0],) or not ((code_lengths >= 1) & (code_lengths <= audio_codes.shape[2])).all():
+                raise ValueError(f"code_lengths must hold one length in [1, {audio_codes.shape[2]}] per batch item")
+            if bool((code_lengths == audio_codes.shape[2]).all()):
+                code_lengths = None
+        latents = self.fc2(self.quantizer.decode(audio_codes)).transpose(1, 2)
+        audio_values = self.acoustic_decoder(latents, code_lengths)
+        if code_lengths is not None:
+            audio_values = zero_padding(audio_values, code_lengths * self.config.hop_length)
         return self._wrap(HiggsAudioV2TokenizerDecoderOutput(audio_values), return_dict)
 
     def forward(
@@ -212,19 +272,18 @@ class HiggsAudioV2TokenizerModel(nn.Module):
     ):
         """Encode (unless `audio_codes` is given) and decode; audio is cut to the input length.
 
-        `padding_mask` (`[batch, samples]`, from the feature extractor) is accepted and
-        checked, and, like the reference, not used: a zero-padded batch is encoded as
-        if the padding were audio.
+        With `padding_mask` (`[batch, samples]`, as the feature extractor returns it) each
+        item is encoded and decoded exactly as alone, and its audio past its own length is
+        zero. (The reference ignores the mask and encodes the padding as audio.)
         """
-        if padding_mask is not None and tuple(padding_mask.shape) != (input_values.shape[0], input_values.shape[-1]):
-            raise ValueError(
-                f"padding_mask has shape {tuple(padding_mask.shape)}, expected "
-                f"{(input_values.shape[0], input_values.shape[-1])} (batch, samples)"
-            )
         length = input_values.shape[-1]
+        code_lengths = None
         if audio_codes is None:
-            audio_codes = self.encode(input_values, bandwidth, return_dict=False, length_rule=length_rule)
-        audio_values = self.decode(audio_codes, return_dict=False)[..., :length]
+            encoded = self.encode(input_values, bandwidth, return_dict=True, length_rule=length_rule, padding_mask=padding_mask)
+            audio_codes, code_lengths = encoded.audio_codes, encoded.code_lengths
+        audio_values = self.decode(audio_codes, return_dict=False, code_lengths=code_lengths)[..., :length]
+        if padding_mask is not None:
+            audio_values = zero_padding(audio_values, self._valid_lengths(input_values, padding_mask, keep_full=True))
         return self._wrap(HiggsAudioV2TokenizerOutput(audio_codes, audio_values), return_dict)
 
     # ----------------------------------------------------------- validation
@@ -261,7 +320,25 @@ class HiggsAudioV2TokenizerModel(nn.Module):
             raise ValueError(f"length_rule must be one of {LENGTH_RULES}, got {length_rule!r}")
         return length_rule
 
-    def _check_waveform(self, input_values, length_rule: str | None = None) -> torch.Tensor:
+    def _valid_lengths(self, input_values, padding_mask, keep_full: bool = False) -> torch.Tensor | None:
+        """Each item's number of audio samples from a right-padding mask; None when there
+        is no mask or every item fills the batch (and nothing needs masking)."""
+        if padding_mask is None:
+            return None
+        batch, num_samples = input_values.shape[0], input_values.shape[-1]
+        if not isinstance(padding_mask, torch.Tensor) or tuple(padding_mask.shape) != (batch, num_samples):
+            shape = tuple(padding_mask.shape) if isinstance(padding_mask, torch.Tensor) else type(padding_mask).__name__
+            raise ValueError(f"padding_mask has shape {shape}, expected {(batch, num_samples)} (batch, samples)")
+        mask = padding_mask.to(torch.long).cpu()
+        lengths = mask.sum(-1)
+        expected = (torch.arange(num_samples) < lengths[:, None]).long()
+        if not torch.equal(mask, expected):
+            raise ValueError("padding_mask must be 1 for the audio then 0 for the padding (right padding only)")
+        if not keep_full and bool((lengths == num_samples).all()):
+            return None
+        return lengths
+
+    def _check_waveform(self, input_values, length_rule: str | None = None, padding_mask=None) -> torch.Tensor:
         if not isinstance(input_values, torch.Tensor):
             raise TypeError(f"input_values must be a torch.Tensor [batch, 1, samples], got {type(input_values).__name__}")
         if input_values.dim() != 3:
@@ -281,12 +358,15 @@ class HiggsAudioV2TokenizerModel(nn.Module):
             raise ValueError(f"input_values is empty: shape {tuple(input_values.shape)}")
         if not torch.isfinite(input_values).all():
             raise ValueError("input_values contains NaN or infinite samples")
+        lengths = self._valid_lengths(input_values, padding_mask, keep_full=True)
         shortest = self.min_input_length(length_rule)
-        if num_samples < shortest:
-            raise ValueError(
-                f"input of {num_samples} samples is too short: the shortest this model encodes is "
-                f"{shortest} samples ({shortest / self.config.sample_rate * 1000:.1f} ms)"
-            )
+        for i, n in enumerate(lengths.tolist() if lengths is not None else [num_samples]):
+            if n < shortest:
+                item = f"item {i} of the batch has {n} samples" if lengths is not None else f"input of {n} samples"
+                raise ValueError(
+                    f"{item}: too short: the shortest this model encodes is "
+                    f"{shortest} samples ({shortest / self.config.sample_rate * 1000:.1f} ms)"
+                )
         return input_values.to(device=self.device, dtype=self.dtype)
 
     def _check_codes(self, audio_codes) -> torch.Tensor:

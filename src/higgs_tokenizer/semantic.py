@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from .config import HiggsAudioV2TokenizerConfig
+from .layers import masked_conv, zero_padding
 
 
 class SemanticResidualUnit(nn.Module):
@@ -19,7 +20,8 @@ class SemanticResidualUnit(nn.Module):
         self.conv2 = nn.Conv1d(out_channels, out_channels, kernel_size=1, bias=False)
         self.activation = nn.ELU()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        x = zero_padding(x, lengths)  # ELU(0) = 0: the conv then sees zeros past each item
         return x + self.conv2(self.activation(self.conv1(self.activation(x))))
 
 
@@ -32,10 +34,10 @@ class SemanticEncoderBlock(nn.Module):
         kernel = 3 if stride == 1 else 2 * stride
         self.conv = nn.Conv1d(in_channels, out_channels, kernel, stride=stride, padding=(kernel - 1) // 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None):
         for unit in self.res_units:
-            x = unit(x)
-        return self.conv(x)
+            x = unit(x, lengths)
+        return masked_conv(self.conv, x, lengths)
 
 
 class SemanticEncoder(nn.Module):
@@ -53,10 +55,11 @@ class SemanticEncoder(nn.Module):
             in_channels = out_channels
         self.conv_blocks = nn.ModuleList(blocks)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """`lengths`: each item's valid frames in a padded batch (None: all full)."""
+        x, lengths = masked_conv(self.conv, x, lengths)
         for block in self.conv_blocks:
-            x = block(x)
+            x, lengths = block(x, lengths)
         return x
 
 
