@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .audio import AUDIO_EXTENSIONS, write_audio
 from .codes_file import SUFFIX
+from .tokenizer import num_samples
 
 EXAMPLES = {
     "encode": "examples:\n  higgs-tokenizer encode speech.wav -o codes/\n  higgs-tokenizer encode recordings/ 'more/*.flac' -o codes/ --skip-existing",
@@ -135,7 +136,9 @@ def _summary(verb: str, report: Report, started: float, quiet: bool) -> int:
 def _load_tokenizer(args):
     from .tokenizer import HiggsAudioTokenizer
 
-    return HiggsAudioTokenizer.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    return HiggsAudioTokenizer.from_pretrained(
+        args.model, device=args.device, dtype=args.dtype, batch_size=getattr(args, "batch_size", 8)
+    )
 
 
 def cmd_encode(args) -> int:
@@ -181,7 +184,7 @@ def _encode_batch(tokenizer, pending, args, report: Report, bar) -> None:
         if isinstance(codes, Exception):
             report.fail(job.source, _message(codes), bar)
             continue
-        result = tokenizer.encoded(codes, len(clip), str(job.source))
+        result = tokenizer.encoded(codes, num_samples(clip), str(job.source))
         try:
             result.save(job.output)
         except Exception as err:
@@ -229,10 +232,10 @@ def cmd_roundtrip(args) -> int:
     codes = tokenizer.encode_clips([clip], args.bandwidth)[0]
     t2 = time.perf_counter()
     with torch.inference_mode():
-        audio = tokenizer.decode(codes)[: len(clip)]
+        audio = tokenizer.decode(codes)[: num_samples(clip)]
     t3 = time.perf_counter()
     write_audio(args.output, audio.numpy(), tokenizer.sample_rate)
-    duration = len(clip) / tokenizer.sample_rate
+    duration = num_samples(clip) / tokenizer.sample_rate
     n_q, frames = codes.shape
     bitrate = n_q * math.log2(tokenizer.config.codebook_size) * tokenizer.frame_rate
     print(f"input      {args.input}: {duration:.2f} s at {tokenizer.sample_rate} Hz (load {t1 - t0:.2f} s)")

@@ -180,11 +180,9 @@ class HiggsAudioV2TokenizerModel(nn.Module):
         """
         length_rule = self._length_rule(length_rule)
         lengths = self._valid_lengths(input_values, padding_mask)
-        features, semantic_frames = self._semantic_features(input_values, lengths)
-        e_semantic = self.encoder_semantic(features.transpose(1, 2), semantic_frames)
         batch = input_values.shape[0]
         sample_counts = lengths.tolist() if lengths is not None else [input_values.shape[-1]] * batch
-        semantic_counts = semantic_frames.tolist() if semantic_frames is not None else [e_semantic.shape[2]] * batch
+        semantic_counts = [self.semantic_frames(n) for n in sample_counts]
         pads = [self._acoustic_padding(n, t, length_rule) for n, t in zip(sample_counts, semantic_counts)]
         if lengths is None and len(set(pads)) == 1:
             acoustic_input, acoustic_lengths = F.pad(input_values, (pads[0], pads[0])), None
@@ -194,19 +192,28 @@ class HiggsAudioV2TokenizerModel(nn.Module):
             acoustic_input = input_values.new_zeros(batch, 1, int(acoustic_lengths.max()))
             for i, (n, p) in enumerate(zip(sample_counts, pads)):
                 acoustic_input[i, :, p : p + n] = input_values[i, :, :n]
+        return self.embed_branches(input_values, lengths, acoustic_input, acoustic_lengths, length_rule)
+
+    def embed_branches(self, semantic_input, semantic_lengths, acoustic_input, acoustic_lengths, length_rule: str):
+        """Embeddings from the waveform each branch sees: the acoustic input already carries
+        the length rule's padding. Windowed encoding cuts the two from different grids."""
+        features, semantic_frames = self._semantic_features(semantic_input, semantic_lengths)
+        e_semantic = self.encoder_semantic(features.transpose(1, 2), semantic_frames)
         e_acoustic = self.acoustic_encoder(acoustic_input, acoustic_lengths)
+        batch = semantic_input.shape[0]
+        semantic_counts = semantic_frames.tolist() if semantic_frames is not None else [e_semantic.shape[2]] * batch
         acoustic_counts = (
             conv_stack_output_length(self.acoustic_encoder, acoustic_lengths).tolist()
             if acoustic_lengths is not None
             else [e_acoustic.shape[2]] * batch
         )
-        for i, (a, t) in enumerate(zip(acoustic_counts, semantic_counts)):
+        for a, t in zip(acoustic_counts, semantic_counts):
             if a != t and length_rule == "transformers":
                 # The reference fails here (torch.cat of unequal lengths).
                 raise ValueError(
-                    f"an input of {sample_counts[i]} samples gives {t} semantic and {a} acoustic frames, "
-                    "which the transformers length rule cannot reconcile; pad the audio to a multiple of the "
-                    "hop length (the feature extractor does) or use length_rule='original'"
+                    f"the input gives {t} semantic and {a} acoustic frames, which the transformers length rule "
+                    "cannot reconcile; pad the audio to a multiple of the hop length (the feature extractor does) "
+                    "or use length_rule='original'"
                 )
         frames = torch.tensor([min(a, t) for a, t in zip(acoustic_counts, semantic_counts)])
         width = int(frames.max())
@@ -301,18 +308,23 @@ class HiggsAudioV2TokenizerModel(nn.Module):
     def code_frames(self, num_samples: int, length_rule: str | None = None) -> int:
         """Code frames `encode` produces for `num_samples`; 0 where the input is too short."""
         length_rule = self._length_rule(length_rule)
-        config = self.config
-        num_16k = -(-num_samples * config.semantic_sample_rate // config.sample_rate)
-        hubert_frames = conv_stack_output_length(self.semantic_model.feature_extractor, num_16k + 2 * SEMANTIC_PADDING)
-        if hubert_frames < 1:
+        semantic = self.semantic_frames(num_samples)
+        if semantic < 1:
             return 0
-        semantic = -(-hubert_frames // config.semantic_downsample_factor)
-        semantic = conv_stack_output_length(self.encoder_semantic, semantic)
         pad = self._acoustic_padding(num_samples, semantic, length_rule)
         acoustic = conv_stack_output_length(self.acoustic_encoder, num_samples + 2 * pad)
         if length_rule == "transformers" and acoustic != semantic:
             return 0
         return max(0, min(acoustic, semantic))
+
+    def semantic_frames(self, num_samples: int) -> int:
+        """Frames the semantic branch gives for `num_samples` samples (0: too short)."""
+        config = self.config
+        num_16k = -(-num_samples * config.semantic_sample_rate // config.sample_rate)
+        hubert_frames = conv_stack_output_length(self.semantic_model.feature_extractor, num_16k + 2 * SEMANTIC_PADDING)
+        if hubert_frames < 1:
+            return 0
+        return conv_stack_output_length(self.encoder_semantic, -(-hubert_frames // config.semantic_downsample_factor))
 
     def _length_rule(self, length_rule: str | None) -> str:
         length_rule = self.config.length_rule if length_rule is None else length_rule

@@ -18,7 +18,9 @@ import torch
 
 from .audio import load_audio, normalize_loudness, resample_audio, write_audio
 from .codes_file import SUFFIX, EncodedAudio, ModelIdentity, load_codes
+from .long_audio import CONTEXT_SECONDS, WINDOW_SECONDS, SampleSource, encode_long, file_source
 from .model import HiggsAudioV2TokenizerModel
+from .streaming import StreamingDecoder, decode_in_chunks
 
 DEFAULT_MODEL = "bosonai/higgs-audio-v2-tokenizer"
 MODEL_ENV = "HIGGS_TOKENIZER_MODEL"
@@ -30,9 +32,22 @@ def default_model() -> str:
 
 
 class HiggsAudioTokenizer:
-    def __init__(self, model: HiggsAudioV2TokenizerModel, name: str = "unnamed"):
+    def __init__(
+        self,
+        model: HiggsAudioV2TokenizerModel,
+        name: str = "unnamed",
+        batch_size: int = 8,
+        window_seconds: float = WINDOW_SECONDS,
+        context_seconds: float = CONTEXT_SECONDS,
+    ):
+        """`batch_size`: clips per model call (sorted by length, padded, masked: exact).
+        Recordings longer than `window_seconds` plus twice `context_seconds` are encoded
+        in windows (see `long_audio`) and decoded in chunks, in bounded memory."""
         self.model = model.eval()
         self.name = name
+        self.batch_size = batch_size
+        self.window_seconds = window_seconds
+        self.context_seconds = context_seconds
         self._identity: ModelIdentity | None = None
 
     @classmethod
@@ -43,12 +58,15 @@ class HiggsAudioTokenizer:
         device=None,
         dtype=None,
         length_rule: str | None = None,
+        batch_size: int = 8,
+        window_seconds: float = WINDOW_SECONDS,
+        context_seconds: float = CONTEXT_SECONDS,
         **kwargs,
     ) -> "HiggsAudioTokenizer":
         """Load a checkpoint (Hub id or directory; default `default_model()`) onto `device` in `dtype`."""
         name = os.fspath(model) if model is not None else default_model()
         loaded = HiggsAudioV2TokenizerModel.from_pretrained(name, device=device, dtype=dtype, length_rule=length_rule, **kwargs)
-        return cls(loaded, name=name)
+        return cls(loaded, name=name, batch_size=batch_size, window_seconds=window_seconds, context_seconds=context_seconds)
 
     # ------------------------------------------------------------ properties
     @property
@@ -78,12 +96,19 @@ class HiggsAudioTokenizer:
         return self._identity
 
     # ------------------------------------------------------------ audio in
-    def load(self, item, sample_rate: int | None = None, loudness: float | None = None) -> np.ndarray:
+    def load(self, item, sample_rate: int | None = None, loudness: float | None = None):
         """One input as mono float32 at the model's rate: a path, an array/tensor (with `sample_rate`),
-        or an `(array, sample_rate)` pair. `loudness`: target LUFS, or None to leave the level alone."""
+        or an `(array, sample_rate)` pair. `loudness`: target LUFS, or None to leave the level alone.
+
+        A long recording in a file libsndfile reads is not loaded but streamed: the
+        result is then a `SampleSource` (see `long_audio`)."""
         if isinstance(item, tuple) and len(item) == 2 and not isinstance(item[1], (np.ndarray, torch.Tensor)):
             item, sample_rate = item
         if isinstance(item, (str, os.PathLike)):
+            if loudness is None:  # loudness needs the whole signal
+                streamed = self._stream_if_long(item)
+                if streamed is not None:
+                    return streamed
             samples, rate = load_audio(item)
         else:
             if sample_rate is None:
@@ -113,9 +138,9 @@ class HiggsAudioTokenizer:
     def encode_to_result(self, x, sample_rate=None, bandwidth=None, loudness=None, source: str | None = None):
         """Like `encode`, but each result is an `EncodedAudio` (codes with the metadata a codes file holds)."""
 
-        def wrap(codes, samples, item):
+        def wrap(codes, samples: int, item):
             name = source if source is not None else (os.fspath(item) if isinstance(item, (str, os.PathLike)) else "")
-            return self.encoded(codes, len(samples), name)
+            return self.encoded(codes, samples, name)
 
         return self._encode(x, sample_rate, bandwidth, loudness, wrap)
 
@@ -140,43 +165,83 @@ class HiggsAudioTokenizer:
             return []
         clips = [self.load(item, sample_rate, loudness) for item in items]
         codes = self.encode_clips(clips, bandwidth)
-        results = [wrap(c, clip, item) for c, clip, item in zip(codes, clips, items)]
+        results = [wrap(c, num_samples(clip), item) for c, clip, item in zip(codes, clips, items)]
         return results[0] if single else results
 
-    def encode_clips(self, clips: Sequence[np.ndarray], bandwidth: float | None = None) -> list[torch.Tensor]:
-        """Codes for mono clips already at the model's rate. Clips of equal length share a batch."""
+    def encode_clips(self, clips: Sequence, bandwidth: float | None = None) -> list[torch.Tensor]:
+        """Codes for mono clips at the model's rate (arrays or `SampleSource`s), each exactly
+        as if alone: clips are sorted by length and batched with padding masks; long
+        recordings are encoded in windows."""
         pad_to_frame = self.config.length_rule == "transformers"
-        prepared = [_pad_to_multiple(c, self.hop_length) if pad_to_frame else c for c in clips]
         results: list[torch.Tensor | None] = [None] * len(clips)
-        by_length: dict[int, list[int]] = {}
-        for i, clip in enumerate(prepared):
-            by_length.setdefault(len(clip), []).append(i)
-        for indices in by_length.values():
-            batch = torch.from_numpy(np.stack([prepared[i] for i in indices]))[:, None, :]
-            codes = self.model.encode(batch, bandwidth=bandwidth).audio_codes.cpu()
-            for row, i in enumerate(indices):
-                results[i] = codes[row]
+        short = []
+        for i, clip in enumerate(clips):
+            if isinstance(clip, SampleSource) or self._is_long(len(clip)):
+                source = clip if isinstance(clip, SampleSource) else SampleSource.from_array(clip)
+                if pad_to_frame:
+                    source.padded_to(self.hop_length)
+                results[i] = self._encode_long(source, bandwidth)
+            else:
+                short.append((i, _pad_to_multiple(clip, self.hop_length) if pad_to_frame else clip))
+        short.sort(key=lambda item: -len(item[1]))  # neighbours in length share a batch: little padding
+        for first in range(0, len(short), self.batch_size):
+            group = short[first : first + self.batch_size]
+            lengths = [len(clip) for _, clip in group]
+            batch = torch.zeros(len(group), 1, max(lengths))
+            for row, (_, clip) in enumerate(group):
+                batch[row, 0, : len(clip)] = torch.from_numpy(clip)
+            mask = (torch.arange(batch.shape[-1]) < torch.tensor(lengths)[:, None]).long()
+            out = self.model.encode(batch, bandwidth=bandwidth, padding_mask=mask)
+            for row, (i, _) in enumerate(group):
+                results[i] = out.audio_codes[row, :, : int(out.code_lengths[row])].cpu()
         return results
+
+    def _encode_long(self, source: SampleSource, bandwidth) -> torch.Tensor:
+        return encode_long(
+            self.model, source, bandwidth=bandwidth,
+            window_seconds=self.window_seconds, context_seconds=self.context_seconds,
+        )
+
+    def _is_long(self, samples: int) -> bool:
+        return samples > (self.window_seconds + 2 * self.context_seconds) * self.sample_rate
+
+    def _stream_if_long(self, path) -> SampleSource | None:
+        import soundfile as sf
+
+        try:
+            info = sf.info(str(path))
+        except Exception:
+            return None  # not for libsndfile (or not audio): load_audio says why
+        if info.frames < 1 or not self._is_long(int(info.frames * self.sample_rate / info.samplerate)):
+            return None
+        return file_source(path, self.sample_rate)
 
     # ------------------------------------------------------------ decode
     @torch.inference_mode()
-    def decode(self, codes):
+    def decode(self, codes, chunk_frames: int | None = None):
         """Waveform(s) at the model's rate, float32 on the CPU.
 
         `codes`: `[n_q, frames]` (or a list of them) → `[frames * hop]` samples;
         an `EncodedAudio` or codes-file path → the recording at its original length.
+        `chunk_frames`: decode in chunks of that many frames (the same audio, in
+        bounded memory); by default codes longer than the encoding window are decoded
+        in window-sized chunks.
         """
         single = not isinstance(codes, list)
         items = [codes] if single else codes
-        out = [self._decode_one(item) for item in items]
+        out = [self._decode_one(item, chunk_frames) for item in items]
         return out[0] if single else out
 
-    def _decode_one(self, item) -> torch.Tensor:
+    def stream_decoder(self) -> StreamingDecoder:
+        """A `StreamingDecoder`: push code frames as they arrive, get the audio that is final."""
+        return StreamingDecoder(self.model)
+
+    def _decode_one(self, item, chunk_frames: int | None = None) -> torch.Tensor:
         if isinstance(item, (str, os.PathLike)):
             item = load_codes(item)
         if isinstance(item, EncodedAudio):
             item.check_model(self.identity)
-            audio = self._decode_one(item.codes)
+            audio = self._decode_one(item.codes, chunk_frames)
             # Restore the recording's length (the last frame is cut, or, rarely, padded).
             audio = audio[: item.num_samples]
             if len(audio) < item.num_samples:
@@ -185,6 +250,10 @@ class HiggsAudioTokenizer:
         codes = torch.as_tensor(item)
         if codes.dim() != 2:
             raise ValueError(f"codes must be [num_quantizers, frames], got shape {tuple(codes.shape)}")
+        if chunk_frames is None and codes.shape[1] > self.window_seconds * self.frame_rate:
+            chunk_frames = round(self.window_seconds * self.frame_rate)
+        if chunk_frames is not None:
+            return decode_in_chunks(self.model, codes[None], chunk_frames)[0]
         return self.model.decode(codes[None]).audio_values[0, 0].float().cpu()
 
     # ------------------------------------------------------------ files
@@ -225,6 +294,11 @@ def _as_mono_float(x) -> np.ndarray:
     elif array.ndim != 1:
         raise ValueError(f"audio must be [samples] or [channels, samples], got shape {array.shape}")
     return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def num_samples(clip) -> int:
+    """Samples of a loaded clip: an array or a streamed `SampleSource`."""
+    return clip.num_samples if isinstance(clip, SampleSource) else len(clip)
 
 
 def _pad_to_multiple(samples: np.ndarray, multiple: int) -> np.ndarray:

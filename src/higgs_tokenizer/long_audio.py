@@ -1,0 +1,161 @@
+"""Encoding recordings of any length in bounded memory.
+
+HuBERT attends over the whole input, so memory and time grow with its length
+(quadratically for attention). A long recording is encoded in windows: each
+window's core frames are encoded together with `context_frames` of audio on
+both sides and only the core's codes are kept, stitched at frame boundaries.
+Windows start on the frame grid (multiples of the hop), where both branches
+line up exactly with one-shot encoding; the convolutions then give the
+one-shot result wherever the context covers their receptive field, and only
+attention, which sees just the window, differs. A recording that fits in one
+window (core plus context) is encoded in one call: the one-shot codes.
+
+The length rule is decided once for the whole recording, as one-shot encoding
+decides it: when the acoustic branch is padded, every window's acoustic input
+is cut from the padded signal, so the frame grid is the one-shot grid.
+
+`SampleSource` feeds the windows: from an array in memory, or streamed from a
+file (decoded, mixed and resampled block by block) so that the recording is
+never held whole.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+WINDOW_SECONDS = 30.0
+CONTEXT_SECONDS = 5.0
+
+
+class SampleSource:
+    """Mono samples at the model's rate, read forwards in overlapping ranges.
+
+    `read(start, stop)` returns samples [start, stop), zeros past the end; starts
+    never go backwards, so only the samples from the latest start on are kept.
+    """
+
+    def __init__(self, chunks: Iterator[np.ndarray], length: int):
+        self.length = length  # what readers see; zeros past the audio
+        self.num_samples = length  # the audio itself
+        self._chunks = chunks
+        self._buffer = np.zeros(0, dtype=np.float32)
+        self._buffer_start = 0  # index of _buffer[0]
+
+    @classmethod
+    def from_array(cls, samples: np.ndarray) -> "SampleSource":
+        samples = np.asarray(samples, dtype=np.float32)
+        return cls(iter([samples]), len(samples))
+
+    def padded_to(self, multiple: int) -> "SampleSource":
+        """Report a length rounded up to `multiple`, the extra samples being zeros."""
+        self.length = -(-self.num_samples // multiple) * multiple
+        return self
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        if start < self._buffer_start:
+            raise ValueError("SampleSource reads must move forwards")
+        end = min(stop, self.num_samples)
+        while self._buffer_start + len(self._buffer) < end:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                raise ValueError(
+                    f"the audio ended after {self._buffer_start + len(self._buffer)} samples, {self.length} expected"
+                )
+            self._buffer = np.concatenate([self._buffer, np.asarray(chunk, dtype=np.float32)])
+        # Forget what no later read can ask for.
+        self._buffer = self._buffer[start - self._buffer_start :]
+        self._buffer_start = start
+        out = self._buffer[: max(0, end - start)]
+        return np.pad(out, (0, stop - start - len(out))) if len(out) < stop - start else out.copy()
+
+
+def window_plan(total_frames: int, window_frames: int, context_frames: int) -> list[tuple[int, int, int, int]]:
+    """(core_start, core_stop, input_start, input_stop) in frames, for each window."""
+    if total_frames <= window_frames + 2 * context_frames:
+        return [(0, total_frames, 0, total_frames)]
+    plan = []
+    for core_start in range(0, total_frames, window_frames):
+        core_stop = min(core_start + window_frames, total_frames)
+        plan.append((core_start, core_stop, max(0, core_start - context_frames), min(total_frames, core_stop + context_frames)))
+    return plan
+
+
+@torch.inference_mode()
+def encode_long(
+    model,
+    source: SampleSource,
+    *,
+    bandwidth: float | None = None,
+    length_rule: str | None = None,
+    window_seconds: float = WINDOW_SECONDS,
+    context_seconds: float = CONTEXT_SECONDS,
+) -> torch.Tensor:
+    """Codes `[n_q, frames]` of the whole recording in `source`, window by window."""
+    config = model.config
+    rule = model._length_rule(length_rule)
+    num_quantizers = config.num_quantizers_for_bandwidth(bandwidth)
+    hop = config.hop_length
+    n = source.length
+    window_frames = max(1, round(window_seconds * config.frame_rate))
+    context_frames = max(0, round(context_seconds * config.frame_rate))
+    if n < model.min_input_length(rule):
+        raise ValueError(f"input of {n} samples is too short: the shortest this model encodes is {model.min_input_length(rule)}")
+    total = model.code_frames(n, rule)
+    pad = model._acoustic_padding(n, model.semantic_frames(n), rule)
+    pieces = []
+    for core_start, core_stop, start, stop in window_plan(total, window_frames, context_frames):
+        last = stop == total
+        # The semantic branch reads the recording, the acoustic branch the recording with
+        # the rule's padding on both sides; both cut on the same frame grid.
+        semantic_stop = n if last else stop * hop
+        acoustic_stop = n + 2 * pad if last else stop * hop
+        offset = max(0, start * hop - pad)  # index of raw[0] in the recording
+        raw = source.read(offset, max(semantic_stop, acoustic_stop - pad))
+        semantic = raw[start * hop - offset : semantic_stop - offset]
+        acoustic = _padded_slice(raw, offset, start * hop - pad, acoustic_stop - pad, n)
+        semantic_t = torch.from_numpy(np.ascontiguousarray(semantic))[None, None].to(model.device, model.dtype)
+        acoustic_t = torch.from_numpy(np.ascontiguousarray(acoustic))[None, None].to(model.device, model.dtype)
+        if not torch.isfinite(semantic_t).all():
+            raise ValueError("audio contains NaN or infinite samples")
+        embeddings, frames = model.embed_branches(semantic_t, None, acoustic_t, None, rule)
+        codes = model.quantizer.encode(embeddings, num_quantizers)[0]
+        pieces.append(codes[:, core_start - start : core_stop - start].cpu())
+    return torch.cat(pieces, dim=1)
+
+
+def _padded_slice(raw: np.ndarray, offset: int, start: int, stop: int, length: int) -> np.ndarray:
+    """Recording samples [start, stop), with zeros where that range leaves [0, length)."""
+    out = np.zeros(stop - start, dtype=np.float32)
+    lo, hi = max(start, 0), min(stop, length)
+    if hi > lo:
+        out[lo - start : hi - start] = raw[lo - offset : hi - offset]
+    return out
+
+
+def file_source(path, sample_rate: int, block_seconds: float = 10.0) -> SampleSource:
+    """Stream a soundfile-readable file as mono samples at `sample_rate` (soxr, the same result
+    as resampling it whole)."""
+    import soundfile as sf
+    import soxr
+
+    info = sf.info(str(path))
+    rate, frames = int(info.samplerate), int(info.frames)
+    # soxr's output length for the whole input: n * out / in, rounded half up.
+    length = (2 * frames * sample_rate + rate) // (2 * rate) if rate != sample_rate else frames
+
+    def chunks():
+        stream = soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality="VHQ") if rate != sample_rate else None
+        block = max(1, int(block_seconds * rate))
+        with sf.SoundFile(str(path)) as f:
+            while True:
+                data = f.read(block, dtype="float32", always_2d=True)
+                last = len(data) < block
+                mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+                yield stream.resample_chunk(mono, last=last) if stream is not None else mono
+                if last:
+                    return
+
+    return SampleSource(chunks(), length)
