@@ -1,0 +1,107 @@
+"""Windowed encoding of long recordings: frame-exact stitching, one window = one shot,
+streamed files, bounded buffers."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import audio_file, load_model
+from torch import nn
+
+from higgs_tokenizer import HiggsAudioV2TokenizerModel
+from higgs_tokenizer.audio import load_audio
+from higgs_tokenizer.long_audio import SampleSource, encode_long, file_source, window_plan
+from higgs_tokenizer.tokenizer import HiggsAudioTokenizer
+
+
+@pytest.fixture(scope="module")
+def speech():
+    return np.concatenate([load_audio(audio_file(n), 24000)[0] for n in ("en_man.wav", "belinda.wav", "mabel.wav")])
+
+
+@pytest.fixture(scope="module")
+def conv_only_model():
+    """tiny-24k without HuBERT's two global operations, its attention layers and the group
+    norm of its first conv (statistics over the whole input): every part is then local, so
+    windows with enough context must reproduce one-shot encoding exactly. Those two are the
+    only inexact parts of windowed encoding."""
+    from conftest import fixture_dir
+
+    model = HiggsAudioV2TokenizerModel.from_pretrained(fixture_dir("tiny-24k"))
+    model.semantic_model.encoder.layers = nn.ModuleList()
+    model.semantic_model.feature_extractor.conv_layers[0].layer_norm = None
+    return model
+
+
+def test_window_plan_tiles_the_frames():
+    assert window_plan(100, 50, 30) == [(0, 100, 0, 100)]  # fits in one window: one shot
+    plan = window_plan(1000, 300, 40)
+    assert [(a, b) for a, b, _, _ in plan] == [(0, 300), (300, 600), (600, 900), (900, 1000)]
+    assert [(s, e) for _, _, s, e in plan] == [(0, 340), (260, 640), (560, 940), (860, 1000)]
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("rule,trim", [("transformers", 0), ("original", 0), ("original", 123), ("transformers", 123)])
+def test_stitching_is_frame_exact(conv_only_model, speech, rule, trim):
+    """Odd lengths included: the length rule's padding is decided once and both branches
+    are cut on the one-shot frame grid."""
+    samples = speech[: 24000 * 20 - trim]
+    one_shot = conv_only_model.encode(torch.from_numpy(samples)[None, None], length_rule=rule).audio_codes[0]
+    windowed = encode_long(
+        conv_only_model, SampleSource.from_array(samples), length_rule=rule, window_seconds=3, context_seconds=3
+    )
+    assert windowed.shape == one_shot.shape
+    assert (windowed == one_shot).float().mean() >= 0.999
+
+
+@torch.inference_mode()
+def test_one_window_is_one_shot_and_more_is_close(speech):
+    model = load_model("tiny-24k")
+    samples = speech[: 24000 * 12]
+    one_shot = model.encode(torch.from_numpy(samples)[None, None]).audio_codes[0]
+    fits = encode_long(model, SampleSource.from_array(samples), window_seconds=8, context_seconds=2)
+    assert torch.equal(fits, one_shot)
+    windowed = encode_long(model, SampleSource.from_array(samples), window_seconds=4, context_seconds=2)
+    # HuBERT attends over the whole input and its first group norm averages over it; a window
+    # sees only itself. With the
+    # tiny random model that moves ~7 % of codes (docs/long_audio.md has full-size figures).
+    assert windowed.shape == one_shot.shape and (windowed == one_shot).float().mean() > 0.85
+
+
+@torch.inference_mode()
+def test_long_file_is_streamed_with_a_bounded_buffer(speech, tmp_path):
+    pcm = (np.concatenate([speech] * 2)[: 44100 * 50] * 32767).astype(np.int16)  # 50 s, stored at 44.1 kHz
+    path = tmp_path / "long.wav"
+    sf.write(path, pcm, 44100)
+    tokenizer = HiggsAudioTokenizer(load_model("tiny-24k"), window_seconds=8, context_seconds=2)
+    source = tokenizer.load(path)
+    assert isinstance(source, SampleSource) and source.num_samples == round(len(pcm) * 24000 / 44100)
+    largest = 0
+    read = source.read
+
+    def watched(start, stop):
+        nonlocal largest
+        out = read(start, stop)
+        largest = max(largest, len(source._buffer))
+        return out
+
+    source.read = watched
+    streamed = tokenizer.encode_clips([source.padded_to(960)])[0]
+    assert largest <= 24000 * (8 + 2 * 2 + 10) + 960  # a window, its context and one read block
+    in_memory = tokenizer.encode(load_audio(path, 24000)[0], sample_rate=24000)
+    assert torch.equal(streamed, in_memory)  # soxr streamed = soxr whole
+    assert torch.equal(tokenizer.encode(path), in_memory)
+    result = tokenizer.encode_file(path, tmp_path / "long.hac")
+    assert result.num_samples == source.num_samples
+    audio = tokenizer.decode(tmp_path / "long.hac")  # longer than a window: decoded in chunks
+    assert audio.shape == (source.num_samples,)
+
+
+def test_file_source_length_matches_whole_file_resampling(tmp_path):
+    for rate, n in ((44100, 448451), (48000, 527281), (22050, 12345), (24000, 24001)):
+        data = np.random.default_rng(0).standard_normal(n).astype(np.float32) * 0.1
+        sf.write(tmp_path / "x.wav", data, rate, subtype="FLOAT")
+        source = file_source(tmp_path / "x.wav", 24000, block_seconds=1.0)
+        whole = load_audio(tmp_path / "x.wav", 24000)[0]
+        assert source.num_samples == len(whole)
+        assert np.array_equal(source.read(0, len(whole)), whole)
