@@ -1,0 +1,196 @@
+"""Benchmarks for exact batching, long recordings and streamed decoding.
+
+    python benchmarks/batch_long_stream.py batch            # padded batch vs one by one
+    python benchmarks/batch_long_stream.py memory --minutes 1 10 60
+    python benchmarks/batch_long_stream.py agreement --seconds 120
+    python benchmarks/batch_long_stream.py stream
+
+The model is the full-size one (../shared/reference/transformers_full_config.json)
+with seeded random weights, or `--model DIR` for a checkpoint. Speech comes from
+../shared/audio. Each section prints a small table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("HIGGS_SHARED_DIR", REPO.parent / "shared"))
+sys.path.insert(0, str(REPO / "src"))
+
+from higgs_tokenizer import HiggsAudioV2TokenizerConfig, HiggsAudioV2TokenizerModel  # noqa: E402
+from higgs_tokenizer.audio import load_audio  # noqa: E402
+from higgs_tokenizer.long_audio import SampleSource, encode_long  # noqa: E402
+from higgs_tokenizer.streaming import StreamingDecoder  # noqa: E402
+from higgs_tokenizer.tokenizer import HiggsAudioTokenizer  # noqa: E402
+
+
+def build_model(path: str | None) -> HiggsAudioV2TokenizerModel:
+    if path:
+        return HiggsAudioV2TokenizerModel.from_pretrained(path)
+    torch.manual_seed(0)
+    config = HiggsAudioV2TokenizerConfig.from_json_file(SHARED / "reference" / "transformers_full_config.json")
+    model = HiggsAudioV2TokenizerModel(config).eval()
+    with torch.no_grad():  # spread codebooks so codes vary (values only matter for agreement figures)
+        for q in model.quantizer.quantizers:
+            q.codebook.embed.normal_(0, 0.5)
+    return model
+
+
+def speech() -> np.ndarray:
+    return np.concatenate([load_audio(p, 24000)[0] for p in sorted((SHARED / "audio").glob("*.wav"))])
+
+
+def bench_batch(args, model):
+    audio = speech()
+    rng = np.random.default_rng(0)
+    clips = []
+    for _ in range(args.clips):
+        n = int(rng.uniform(1, 15) * 24000)
+        start = int(rng.integers(0, len(audio) - n))
+        clips.append(audio[start : start + n])
+    seconds = sum(len(c) for c in clips) / 24000
+    print(f"{len(clips)} clips, {seconds:.1f} s of speech (1-15 s each), {torch.get_num_threads()} threads")
+    print("| batch size | seconds | audio s per s |\n| --- | --- | --- |")
+    results = {}
+    for batch_size in args.batch_sizes:
+        tokenizer = HiggsAudioTokenizer(model, batch_size=batch_size)
+        with torch.inference_mode():
+            tokenizer.encode([(c, 24000) for c in clips[:2]])  # warm-up
+            t0 = time.perf_counter()
+            results[batch_size] = tokenizer.encode([(c, 24000) for c in clips])
+            elapsed = time.perf_counter() - t0
+        print(f"| {batch_size} | {elapsed:.1f} | {seconds / elapsed:.2f} |", flush=True)
+    base = results[args.batch_sizes[0]]
+    for batch_size, codes in results.items():
+        equal = sum(int((a == b).sum()) for a, b in zip(codes, base)) / sum(b.numel() for b in base)
+        print(f"batch size {batch_size}: {100 * equal:.3f} % of codes equal to batch size {args.batch_sizes[0]}")
+    # Embedding exactness at full width: one padded batch vs each clip alone.
+    with torch.inference_mode():
+        picked = clips[: min(8, len(clips))]
+        x = torch.zeros(len(picked), 1, max(len(c) for c in picked))
+        for i, c in enumerate(picked):
+            x[i, 0, : len(c)] = torch.from_numpy(c)
+        mask = (torch.arange(x.shape[-1]) < torch.tensor([len(c) for c in picked])[:, None]).long()
+        batched, frames = model.embed(x, mask)
+        worst = 0.0
+        for i, c in enumerate(picked):
+            alone = model.embed(torch.from_numpy(c)[None, None])[0][0]
+            t = int(frames[i])
+            worst = max(worst, float((batched[i, :t] - alone).norm() / alone.norm()))
+    print(f"largest relative embedding difference, batch of {len(picked)} vs alone: {worst:.2e}")
+
+
+def bench_memory(args, model_path):
+    """Peak resident memory of encoding a WAV file of each length, each in a fresh process."""
+    print("| audio | peak RSS (MiB) | encode seconds | real-time factor |\n| --- | --- | --- | --- |")
+    for minutes in args.minutes:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "long.wav"
+            make_long_wav(path, minutes * 60)
+            code = (
+                "import sys, time, resource, torch; sys.path.insert(0, %r); sys.path.insert(0, %r)\n"
+                "from batch_long_stream import build_model\n"
+                "from higgs_tokenizer.tokenizer import HiggsAudioTokenizer\n"
+                "tok = HiggsAudioTokenizer(build_model(%r))\n"
+                "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+                "t = time.perf_counter()\n"
+                "with torch.inference_mode(): codes = tok.encode(%r)\n"
+                "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, time.perf_counter() - t, codes.shape[1], base / 1024)\n"
+            ) % (str(REPO / "src"), str(Path(__file__).parent), model_path, str(path))
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+            peak, seconds, frames, base = float(out[0]), float(out[1]), int(out[2]), float(out[3])
+            print(f"| {minutes:g} min ({frames} frames) | {peak:.0f} (model loaded: {base:.0f}) | {seconds:.0f} | {seconds / (minutes * 60):.3f} |", flush=True)
+
+
+def make_long_wav(path: Path, seconds: float) -> None:
+    import soundfile as sf
+
+    audio = speech()
+    reps = int(np.ceil(seconds * 24000 / len(audio)))
+    with sf.SoundFile(str(path), "w", 24000, 1, subtype="PCM_16") as f:
+        for _ in range(reps):
+            f.write(audio)
+    with sf.SoundFile(str(path), "r+") as f:
+        f.truncate(int(seconds * 24000))
+
+
+def bench_agreement(args, model):
+    audio = speech()
+    samples = np.tile(audio, int(np.ceil(args.seconds * 24000 / len(audio))))[: int(args.seconds * 24000)]
+    samples = samples[: len(samples) // 960 * 960]
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        one_shot = model.encode(torch.from_numpy(samples)[None, None]).audio_codes[0]
+        t1 = time.perf_counter()
+        windowed = encode_long(model, SampleSource.from_array(samples))
+        t2 = time.perf_counter()
+    equal = (windowed == one_shot).float().mean().item()
+    first = (windowed[0] == one_shot[0]).float().mean().item()
+    print(f"{args.seconds:g} s of speech: windowed (30 s windows, 5 s context) vs one-shot: "
+          f"{100 * equal:.2f} % of codes equal ({100 * first:.2f} % of the first codebook); "
+          f"one-shot {t1 - t0:.1f} s, windowed {t2 - t1:.1f} s")
+
+
+def bench_stream(args, model):
+    codes = torch.randint(0, 1024, (8, args.frames), generator=torch.Generator().manual_seed(0))
+    frame_ms = 1000 / model.config.frame_rate
+    with torch.inference_mode():
+        model.decode(codes[None, :, :30])  # warm-up
+        t = time.perf_counter()
+        reference = model.decode(codes[None]).audio_values[0, 0]
+        one_shot = time.perf_counter() - t
+        stream = StreamingDecoder(model)
+        print(f"latency: {stream.latency_frames} frames = {stream.latency_ms:.0f} ms of audio, plus compute")
+        print(f"one-shot decode of {codes.shape[1]} frames: {one_shot:.2f} s (real-time factor {one_shot * 1000 / (codes.shape[1] * frame_ms):.2f})")
+        print("| frames per push | time to first audio (ms) | ms per push (median) | real-time factor | max error / peak |")
+        print("| --- | --- | --- | --- | --- |")
+        for push in args.push:
+            stream = StreamingDecoder(model)
+            t0 = time.perf_counter()
+            first, per_push, pieces = None, [], []
+            for f in range(0, codes.shape[1], push):
+                t = time.perf_counter()
+                pieces.append(stream.push(codes[:, f : f + push]))
+                if len(pieces[-1]):
+                    per_push.append(time.perf_counter() - t)
+                    if first is None:
+                        first = time.perf_counter() - t0
+            pieces.append(stream.flush())
+            error = float((torch.cat(pieces) - reference).abs().max() / reference.abs().max())
+            steady = float(np.median(per_push))
+            print(f"| {push} | {first * 1000:.0f} | {steady * 1000:.0f} | {steady * 1000 / (push * frame_ms):.2f} | {error:.1e} |", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("section", choices=["batch", "memory", "agreement", "stream"])
+    ap.add_argument("--model", default=None, help="checkpoint directory (default: full size, random weights)")
+    ap.add_argument("--clips", type=int, default=16)
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--minutes", type=float, nargs="+", default=[1, 10, 60])
+    ap.add_argument("--seconds", type=float, default=120)
+    ap.add_argument("--frames", type=int, default=100)
+    ap.add_argument("--push", type=int, nargs="+", default=[1, 5, 10, 25])
+    args = ap.parse_args()
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, model: {args.model or 'full size, random weights'}")
+    if args.section == "memory":
+        bench_memory(args, args.model)
+        return
+    model = build_model(args.model)
+    {"batch": bench_batch, "agreement": bench_agreement, "stream": bench_stream}[args.section](args, model)
+
+
+if __name__ == "__main__":
+    main()
