@@ -137,7 +137,7 @@ def _load_tokenizer(args):
     from .tokenizer import HiggsAudioTokenizer
 
     return HiggsAudioTokenizer.from_pretrained(
-        args.model, device=args.device, dtype=args.dtype, batch_size=getattr(args, "batch_size", 8)
+        args.model, device=args.device, dtype=args.dtype, batch_size=getattr(args, "batch_size", None)
     )
 
 
@@ -158,7 +158,7 @@ def cmd_encode(args) -> int:
             except Exception as err:
                 report.fail(job.source, _message(err), bar)
                 bar.update(1)
-            if len(pending) >= args.batch_size:
+            if len(pending) >= tokenizer.batch_size:
                 _encode_batch(tokenizer, pending, args, report, bar)
                 pending = []
         _encode_batch(tokenizer, pending, args, report, bar)
@@ -328,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("encode", "encode audio files, directories (recursively) or globs to codes files", [common, files, encoding])
     p.add_argument("inputs", nargs="+", metavar="INPUT")
-    p.add_argument("--batch-size", type=int, default=8, help="files loaded per model call (default 8)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="files encoded per model call, exactly (default: 8 on a GPU, 1 on the CPU)")
     p.set_defaults(run=cmd_encode)
 
     p = add("decode", "decode codes files (or directories of them) to audio", [common, files])
@@ -354,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "batch_size", 1) < 1:
+    if getattr(args, "batch_size", None) is not None and args.batch_size < 1:
         print("higgs-tokenizer: --batch-size must be at least 1", file=sys.stderr)
         return 2
     try:

@@ -36,15 +36,21 @@ class HiggsAudioTokenizer:
         self,
         model: HiggsAudioV2TokenizerModel,
         name: str = "unnamed",
-        batch_size: int = 8,
+        batch_size: int | None = None,
         window_seconds: float = WINDOW_SECONDS,
         context_seconds: float = CONTEXT_SECONDS,
     ):
-        """`batch_size`: clips per model call (sorted by length, padded, masked: exact).
+        """`batch_size`: clips per model call (sorted by length, padded, masked: exact);
+        default 8 on a GPU and 1 on the CPU, where batching measured slower (the convs
+        already use every core, and padding is extra work: docs/batching-long-streaming.md).
         Recordings longer than `window_seconds` plus twice `context_seconds` are encoded
         in windows (see `long_audio`) and decoded in chunks, in bounded memory."""
         self.model = model.eval()
         self.name = name
+        if batch_size is None:
+            batch_size = 1 if model.device.type == "cpu" else 8
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.batch_size = batch_size
         self.window_seconds = window_seconds
         self.context_seconds = context_seconds
@@ -58,7 +64,7 @@ class HiggsAudioTokenizer:
         device=None,
         dtype=None,
         length_rule: str | None = None,
-        batch_size: int = 8,
+        batch_size: int | None = None,
         window_seconds: float = WINDOW_SECONDS,
         context_seconds: float = CONTEXT_SECONDS,
         **kwargs,
