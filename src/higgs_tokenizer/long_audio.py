@@ -120,7 +120,7 @@ def encode_long(
         acoustic_t = torch.from_numpy(np.ascontiguousarray(acoustic))[None, None].to(model.device, model.dtype)
         if not torch.isfinite(semantic_t).all():
             raise ValueError("audio contains NaN or infinite samples")
-        embeddings, frames = model.embed_branches(semantic_t, None, acoustic_t, None, rule)
+        embeddings, _ = model.embed_branches(semantic_t, None, acoustic_t, None, rule)
         codes = model.quantizer.encode(embeddings, num_quantizers)[0]
         pieces.append(codes[:, core_start - start : core_stop - start].cpu())
     return torch.cat(pieces, dim=1)
