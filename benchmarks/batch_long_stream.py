@@ -1,6 +1,7 @@
 """Benchmarks for exact batching, long recordings and streamed decoding.
 
     python benchmarks/batch_long_stream.py batch            # padded batch vs one by one
+    python benchmarks/batch_long_stream.py exactness --batch-sizes 1 2 3 4 5 6 7 8
     python benchmarks/batch_long_stream.py memory --minutes 1 10 60
     python benchmarks/batch_long_stream.py agreement --seconds 120
     python benchmarks/batch_long_stream.py stream
@@ -76,20 +77,37 @@ def bench_batch(args, model):
     for batch_size, codes in results.items():
         equal = sum(int((a == b).sum()) for a, b in zip(codes, base)) / sum(b.numel() for b in base)
         print(f"batch size {batch_size}: {100 * equal:.3f} % of codes equal to batch size {args.batch_sizes[0]}")
-    # Embedding exactness at full width: one padded batch vs each clip alone.
+
+
+def bench_exactness(args, model):
+    """Batches of 1 to 8 clips of 0.1-15 s: each item's embeddings and codes vs the clip alone."""
+    audio = speech()
+    rng = np.random.default_rng(1)
+    worst, equal, total = 0.0, 0, 0
     with torch.inference_mode():
-        picked = clips[: min(8, len(clips))]
-        x = torch.zeros(len(picked), 1, max(len(c) for c in picked))
-        for i, c in enumerate(picked):
-            x[i, 0, : len(c)] = torch.from_numpy(c)
-        mask = (torch.arange(x.shape[-1]) < torch.tensor([len(c) for c in picked])[:, None]).long()
-        batched, frames = model.embed(x, mask)
-        worst = 0.0
-        for i, c in enumerate(picked):
-            alone = model.embed(torch.from_numpy(c)[None, None])[0][0]
-            t = int(frames[i])
-            worst = max(worst, float((batched[i, :t] - alone).norm() / alone.norm()))
-    print(f"largest relative embedding difference, batch of {len(picked)} vs alone: {worst:.2e}")
+        for batch_size in args.batch_sizes:
+            clips = []
+            for _ in range(batch_size):
+                n = int(rng.uniform(0.1, 15) * 24000)
+                start = int(rng.integers(0, len(audio) - n))
+                clips.append(audio[start : start + n])
+            x = torch.zeros(len(clips), 1, max(len(c) for c in clips))
+            for i, c in enumerate(clips):
+                x[i, 0, : len(c)] = torch.from_numpy(c)
+            mask = (torch.arange(x.shape[-1]) < torch.tensor([len(c) for c in clips])[:, None]).long()
+            batched, frames = model.embed(x, mask)
+            codes = model.encode(x, padding_mask=mask).audio_codes
+            for i, c in enumerate(clips):
+                alone = torch.from_numpy(c)[None, None]
+                embedding = model.embed(alone)[0][0]
+                t = int(frames[i])
+                worst = max(worst, float((batched[i, :t] - embedding).norm() / embedding.norm()))
+                reference = model.encode(alone).audio_codes[0]
+                equal += int((codes[i, :, :t] == reference).sum())
+                total += reference.numel()
+            print(f"batch of {batch_size}: clips of {', '.join(f'{len(c) / 24000:.1f}' for c in clips)} s", flush=True)
+    print(f"largest relative embedding difference (|batched - alone| / |alone|): {worst:.2e}; "
+          f"codes identical: {equal}/{total} ({100 * equal / total:.3f} %)")
 
 
 def bench_memory(args, model_path):
@@ -175,7 +193,7 @@ def bench_stream(args, model):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("section", choices=["batch", "memory", "agreement", "stream"])
+    ap.add_argument("section", choices=["batch", "exactness", "memory", "agreement", "stream"])
     ap.add_argument("--model", default=None, help="checkpoint directory (default: full size, random weights)")
     ap.add_argument("--clips", type=int, default=16)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16])
@@ -189,7 +207,8 @@ def main():
         bench_memory(args, args.model)
         return
     model = build_model(args.model)
-    {"batch": bench_batch, "agreement": bench_agreement, "stream": bench_stream}[args.section](args, model)
+    sections = {"batch": bench_batch, "exactness": bench_exactness, "agreement": bench_agreement, "stream": bench_stream}
+    sections[args.section](args, model)
 
 
 if __name__ == "__main__":

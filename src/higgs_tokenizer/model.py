@@ -143,11 +143,9 @@ class HiggsAudioV2TokenizerModel(nn.Module):
         config = self.config
         waveform = resample(zero_padding(input_values, lengths)[:, 0, :], config.sample_rate, config.semantic_sample_rate)
         if lengths is not None:
-            # Each item's resampled length (ceil, as the resampler cuts it); the filter's tail
-            # past it would not exist alone, where HuBERT's zero padding follows instead.
-            gcd = math.gcd(config.sample_rate, config.semantic_sample_rate)
-            up, down = config.semantic_sample_rate // gcd, config.sample_rate // gcd
-            lengths = -(-lengths * up // down)
+            # Each item's resampled length; the filter's tail past it would not exist alone,
+            # where HuBERT's zero padding follows instead.
+            lengths = self._resampled_length(lengths)
             waveform = zero_padding(waveform[:, None], lengths)[:, 0]
             lengths = lengths + 2 * SEMANTIC_PADDING
         waveform = F.pad(waveform, (SEMANTIC_PADDING, SEMANTIC_PADDING))
@@ -199,6 +197,8 @@ class HiggsAudioV2TokenizerModel(nn.Module):
         the length rule's padding. Windowed encoding cuts the two from different grids."""
         features, semantic_frames = self._semantic_features(semantic_input, semantic_lengths)
         e_semantic = self.encoder_semantic(features.transpose(1, 2), semantic_frames)
+        if semantic_frames is not None:
+            semantic_frames = conv_stack_output_length(self.encoder_semantic, semantic_frames)
         e_acoustic = self.acoustic_encoder(acoustic_input, acoustic_lengths)
         batch = semantic_input.shape[0]
         semantic_counts = semantic_frames.tolist() if semantic_frames is not None else [e_semantic.shape[2]] * batch
@@ -319,12 +319,17 @@ class HiggsAudioV2TokenizerModel(nn.Module):
 
     def semantic_frames(self, num_samples: int) -> int:
         """Frames the semantic branch gives for `num_samples` samples (0: too short)."""
-        config = self.config
-        num_16k = -(-num_samples * config.semantic_sample_rate // config.sample_rate)
-        hubert_frames = conv_stack_output_length(self.semantic_model.feature_extractor, num_16k + 2 * SEMANTIC_PADDING)
+        padded = self._resampled_length(num_samples) + 2 * SEMANTIC_PADDING
+        hubert_frames = conv_stack_output_length(self.semantic_model.feature_extractor, padded)
         if hubert_frames < 1:
             return 0
-        return conv_stack_output_length(self.encoder_semantic, -(-hubert_frames // config.semantic_downsample_factor))
+        return conv_stack_output_length(self.encoder_semantic, -(-hubert_frames // self.config.semantic_downsample_factor))
+
+    def _resampled_length(self, num_samples):
+        """Samples at the semantic rate for `num_samples` (int or tensor): ceil, as the resampler cuts."""
+        gcd = math.gcd(self.config.sample_rate, self.config.semantic_sample_rate)
+        up, down = self.config.semantic_sample_rate // gcd, self.config.sample_rate // gcd
+        return -(-num_samples * up // down)
 
     def _length_rule(self, length_rule: str | None) -> str:
         length_rule = self.config.length_rule if length_rule is None else length_rule
