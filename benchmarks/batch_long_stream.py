@@ -14,9 +14,7 @@ with seeded random weights, or `--model DIR` for a checkpoint. Speech comes from
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile

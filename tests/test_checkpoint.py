@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FIXTURE_NAMES, SHARED, assert_codes_match, fixture_dir, load_cases, load_model
+from conftest import FIXTURE_NAMES, SHARED, fixture_dir, load_cases, load_model
 from safetensors.torch import load_file, save_file
 
 from higgs_tokenizer import (
