@@ -174,7 +174,7 @@ def _encode_batch(tokenizer, pending, args, report: Report, bar) -> None:
     except Exception:
         # One bad clip (too short, say) must not take the others down: retry them one by one.
         all_codes = []
-        for job, clip in pending:
+        for _, clip in pending:
             try:
                 all_codes.append(tokenizer.encode_clips([clip], args.bandwidth)[0])
             except Exception as err:

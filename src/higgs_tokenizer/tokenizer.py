@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .audio import load_audio, normalize_loudness, resample_audio, write_audio
-from .codes_file import SUFFIX, EncodedAudio, ModelIdentity, load_codes
+from .codes_file import EncodedAudio, ModelIdentity, load_codes
 from .long_audio import CONTEXT_SECONDS, WINDOW_SECONDS, SampleSource, encode_long, file_source
 from .model import HiggsAudioV2TokenizerModel
 from .streaming import StreamingDecoder, decode_in_chunks
@@ -310,7 +310,3 @@ def num_samples(clip) -> int:
 def _pad_to_multiple(samples: np.ndarray, multiple: int) -> np.ndarray:
     extra = -len(samples) % multiple
     return np.pad(samples, (0, extra)) if extra else samples
-
-
-def codes_path_for(audio_path: str | os.PathLike) -> Path:
-    return Path(audio_path).with_suffix(SUFFIX)
