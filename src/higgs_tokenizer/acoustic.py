@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .config import AcousticConfig
-from .layers import Snake1d, masked_conv, zero_padding
+from .layers import Snake1d, UpsamplingConv1d, masked_conv, zero_padding
 
 RESIDUAL_DILATIONS = (1, 3, 9)
 
@@ -80,7 +80,7 @@ class AcousticDecoderBlock(nn.Module):
         self.snake1 = Snake1d(channels)
         # output_padding = stride % 2 makes every block produce exactly stride × its input length
         # (Higgs' change to DAC; the transformers DAC port has no output padding).
-        self.conv_t1 = nn.ConvTranspose1d(
+        self.conv_t1 = UpsamplingConv1d(
             channels,
             channels // 2,
             kernel_size=2 * stride,

@@ -7,6 +7,8 @@ time, so the module holds a plain `weight`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -142,6 +144,10 @@ class TransformerEncoder(nn.Module):
 
     def forward(self, hidden: torch.Tensor, lengths: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Every hidden state: the embedding output, then each layer's output."""
+        return list(self.hidden_states(hidden, lengths))
+
+    def hidden_states(self, hidden: torch.Tensor, lengths: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+        """The hidden states one at a time, so a caller that reduces them need not hold all 13."""
         key_mask = None
         if lengths is not None:
             # The positional conv must see zeros past each item, and attention must not see them at all.
@@ -149,11 +155,10 @@ class TransformerEncoder(nn.Module):
             key_mask = (torch.arange(hidden.shape[1], device=hidden.device) < lengths.to(hidden.device)[:, None])
             key_mask = key_mask[:, None, None, :]
         hidden = self.layer_norm(hidden + self.pos_conv_embed(hidden))
-        states = [hidden]
+        yield hidden
         for layer in self.layers:
             hidden = layer(hidden, key_mask)
-            states.append(hidden)
-        return states
+            yield hidden
 
 
 class HubertModel(nn.Module):
@@ -170,3 +175,17 @@ class HubertModel(nn.Module):
         """Hidden states, and each item's valid frames when `lengths` (valid samples per item) is given."""
         features, lengths = self.feature_extractor(waveform, lengths)
         return self.encoder(self.feature_projection(features.transpose(1, 2)), lengths), lengths
+
+    def mean_hidden_state(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None, frame_step: int = 1):
+        """The mean of all hidden states at every `frame_step`-th frame, `[B, frames, hidden]`, and
+        each item's valid (full-rate) frames; bit for bit `torch.stack(states, 1).mean(1)[:, ::frame_step]`
+        (a running sum divided by the count adds in the same order as that mean)."""
+        features, lengths = self.feature_extractor(waveform, lengths)
+        # Half-precision means accumulate in float32, as torch.mean does.
+        accumulate = torch.float32 if waveform.dtype in (torch.float16, torch.bfloat16) else waveform.dtype
+        total, count = None, 0
+        for state in self.encoder.hidden_states(self.feature_projection(features.transpose(1, 2)), lengths):
+            state = state[:, ::frame_step]
+            total = state.to(accumulate, copy=True) if total is None else total.add_(state)
+            count += 1
+        return (total / count).to(waveform.dtype), lengths

@@ -25,6 +25,7 @@ from .hubert import HubertModel
 from .layers import conv_stack_output_length, zero_padding
 from .quantizer import ResidualVectorQuantizer
 from .resample import resample
+from .runtime import tune_cpu_allocator
 from .semantic import SemanticDecoder, SemanticEncoder
 
 # HuBERT sees 160 zeros (10 ms at 16 kHz) on each side, centring its 20 ms frames.
@@ -104,11 +105,12 @@ class HiggsAudioV2TokenizerModel(nn.Module):
         for the checkpoint's; the default is float32 (transformers defaults to
         "auto", which is float32 for every published checkpoint). `length_rule`:
         "transformers" (default) or "original" (see `encode`). Other keyword
-        arguments replace config fields.
+        arguments replace config fields. On the CPU, loading also tunes the
+        process's allocator for large tensors (`runtime.tune_cpu_allocator`).
         """
         from .checkpoint import load_pretrained
 
-        return load_pretrained(
+        model = load_pretrained(
             cls,
             name_or_path,
             device=_resolve_device(device_map if device is None else device),
@@ -119,6 +121,9 @@ class HiggsAudioV2TokenizerModel(nn.Module):
             token=token,
             local_files_only=local_files_only,
         )
+        if model.device.type == "cpu":
+            tune_cpu_allocator()
+        return model
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write a transformers-format checkpoint (config, safetensors, preprocessor config)."""
@@ -149,13 +154,12 @@ class HiggsAudioV2TokenizerModel(nn.Module):
             waveform = zero_padding(waveform[:, None], lengths)[:, 0]
             lengths = lengths + 2 * SEMANTIC_PADDING
         waveform = F.pad(waveform, (SEMANTIC_PADDING, SEMANTIC_PADDING))
-        with torch.no_grad():
-            hidden_states, frames = self.semantic_model(waveform, lengths)
-        features = torch.stack(hidden_states, dim=1).mean(dim=1)
         step = config.semantic_downsample_factor
+        with torch.no_grad():
+            features, frames = self.semantic_model.mean_hidden_state(waveform, lengths, frame_step=step)
         if frames is not None:
             frames = -(-frames // step)
-        return features[:, ::step, :], frames
+        return features, frames
 
     def _acoustic_padding(self, num_samples: int, semantic_frames: int, length_rule: str) -> int:
         """Zeros added on each side of the waveform before the acoustic encoder.
