@@ -18,8 +18,12 @@ class Snake1d(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.alpha = nn.Parameter(torch.ones(1, channels, 1))
+        # A compiled `snake_reference` (one fused kernel) when set by `compile_kernels`.
+        self.kernel = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel is not None:
+            return self.kernel(x, self.alpha)
         if torch.is_grad_enabled() and (x.requires_grad or self.alpha.requires_grad):
             return snake_reference(x, self.alpha)
         return snake_inference(x, self.alpha)

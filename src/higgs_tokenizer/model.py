@@ -22,7 +22,7 @@ from torch import nn
 from .acoustic import AcousticDecoder, AcousticEncoder
 from .config import LENGTH_RULES, HiggsAudioV2TokenizerConfig
 from .hubert import HubertModel
-from .layers import conv_stack_output_length, zero_padding
+from .layers import Snake1d, conv_stack_output_length, snake_reference, zero_padding
 from .quantizer import ResidualVectorQuantizer
 from .resample import resample
 from .runtime import tune_cpu_allocator
@@ -130,6 +130,20 @@ class HiggsAudioV2TokenizerModel(nn.Module):
         from .checkpoint import save_pretrained
 
         save_pretrained(self, directory)
+
+    def compile_kernels(self, **compile_options) -> "HiggsAudioV2TokenizerModel":
+        """Fuse each Snake activation into one kernel with `torch.compile` (Triton on a GPU,
+        C++ on the CPU; needs a compiler, and the first call of each new shape compiles).
+
+        Off by default: the fused kernel rounds sin differently from eager PyTorch, so
+        results move by about one unit in the last place and a code at a near tie may
+        change; the benchmark reports how often. Returns the model.
+        """
+        kernel = torch.compile(snake_reference, dynamic=True, **compile_options)
+        for module in self.modules():
+            if isinstance(module, Snake1d):
+                module.kernel = kernel
+        return self
 
     @property
     def device(self) -> torch.device:

@@ -1,0 +1,126 @@
+"""The fast paths compute what the reference's slow ones do, and the benchmark runs."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import SHARED, fixture_dir, load_cases, load_model
+
+from higgs_tokenizer import bench
+from higgs_tokenizer.layers import Snake1d, UpsamplingConv1d, snake_inference, snake_reference
+
+
+@pytest.mark.parametrize("shape", [(1, 64, 240_000), (3, 64, 4097), (2, 1024, 7), (1, 1, 5), (2, 5, 300_001)])
+def test_snake_is_bit_exact(shape):
+    torch.manual_seed(0)
+    x = torch.randn(shape) * 3
+    alpha = torch.rand(1, shape[1], 1) * 2
+    alpha[0, 0] = 0  # α = 0 stays finite through the 1e-9
+    assert torch.equal(snake_inference(x, alpha), snake_reference(x, alpha))
+    strided = torch.randn(shape[0], shape[2], shape[1]).transpose(1, 2)  # not contiguous
+    assert torch.equal(snake_inference(strided, alpha), snake_reference(strided, alpha))
+
+
+def test_snake_keeps_gradients():
+    snake = Snake1d(4)
+    with torch.no_grad():
+        snake.alpha.uniform_(0.5, 2)
+    x = torch.randn(2, 4, 50, requires_grad=True)
+    y = snake(x)
+    y.sum().backward()
+    assert x.grad is not None and snake.alpha.grad is not None
+    with torch.no_grad():
+        assert torch.equal(snake(x), y.detach())
+
+
+@pytest.mark.parametrize("stride", [2, 3, 4, 5, 8])
+def test_upsampling_conv_equals_transposed_conv(stride):
+    torch.manual_seed(stride)
+    conv = UpsamplingConv1d(12, 6, 2 * stride, stride=stride, padding=math.ceil(stride / 2), output_padding=stride % 2)
+    for frames in (1, 2, 37):
+        x = torch.randn(3, 12, frames)
+        expected = F.conv_transpose1d(x, conv.weight, conv.bias, stride, conv.padding, conv.output_padding)
+        with torch.inference_mode():
+            got = conv(x)
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    # The cached phase weight follows an in-place change of the weight.
+    with torch.no_grad():
+        conv.weight.mul_(2)
+    x = torch.randn(1, 12, 9)
+    torch.testing.assert_close(conv(x), F.conv_transpose1d(x, conv.weight, conv.bias, stride, conv.padding, conv.output_padding), rtol=0, atol=1e-5)
+    conv(x).sum().backward()
+    assert conv.weight.grad is not None
+
+
+def test_upsampling_conv_falls_back_outside_its_pattern():
+    conv = UpsamplingConv1d(4, 2, 5, stride=2, padding=1)  # kernel is not 2 × stride
+    x = torch.randn(1, 4, 10)
+    assert torch.equal(conv(x), F.conv_transpose1d(x, conv.weight, conv.bias, 2, 1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_running_mean_of_hidden_states_is_bit_exact(fixture_name, dtype):
+    hubert = load_model(fixture_name).semantic_model
+    hubert = hubert if dtype == torch.float32 else load_model(fixture_name, dtype=dtype).semantic_model
+    waveform = load_cases(fixture_name)["input_24000" if fixture_name == "tiny-24k" else "input_16000"][None].to(dtype)
+    lengths = torch.tensor([waveform.shape[-1] - 900])
+    with torch.inference_mode():
+        states, _ = hubert(waveform)
+        mean, _ = hubert.mean_hidden_state(waveform, frame_step=2)
+        assert torch.equal(mean, torch.stack(states, 1).mean(1)[:, ::2])
+        states, _ = hubert(waveform, lengths)
+        mean, _ = hubert.mean_hidden_state(waveform, lengths)
+        assert torch.equal(mean, torch.stack(states, 1).mean(1))
+
+
+def test_allocator_tuning_applies_once_and_can_be_refused():
+    code = "from higgs_tokenizer.runtime import tune_cpu_allocator as t; print(t(), t())"
+    tuned = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    expected = "True" if sys.platform.startswith("linux") else "False"
+    assert tuned == [expected, expected]
+    env = {"HIGGS_TOKENIZER_KEEP_MALLOC": "1", "PATH": ""}
+    refused = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.split()
+    assert refused == ["False", "False"]
+
+
+def test_compiled_kernels_match_eager():
+    model = load_model("tiny-24k")
+    x = load_cases("tiny-24k")["input_72000"][None, None]
+    with torch.inference_mode():
+        eager = model.encode(x).audio_codes
+        audio = model.decode(eager).audio_values
+    compiled = type(model).from_pretrained(fixture_dir("tiny-24k")).compile_kernels()
+    with torch.inference_mode():
+        codes = compiled.encode(x).audio_codes
+        compiled_audio = compiled.decode(eager).audio_values
+    # One unit in the last place of sin can flip a near tie, nothing more.
+    assert (codes == eager).float().mean() >= 0.99
+    assert (compiled_audio - audio).abs().max() <= 1e-4 * audio.abs().max()
+
+
+def test_benchmark_runs_end_to_end(tmp_path):
+    """The benchmark command on the tiny model: every table, codes, memory, start-up."""
+    output = tmp_path / "results.md"
+    bench.main([
+        "--config", str(fixture_dir("tiny-24k") / "config.json"), "--audio-dir", str(SHARED / "audio"),
+        "--work-dir", str(tmp_path / "work"), "--cases", "1s", "batch16", "--runs", "2", "--threads", "1",
+        "--reference", "no", "--import-runs", "1", "--output", str(output),
+    ])
+    text = output.read_text()
+    for heading in ("## Threads: 1", "## Throughput", "## Arithmetic", "## Memory", "## Start-up"):
+        assert heading in text
+    assert "| batch16 |" in text and "| 1s | 1.0 | encode |" in text
+    raw = json.loads(output.with_suffix(".json").read_text())
+    rows = raw["variants"][0]["rows"]
+    assert [r["case"] for r in rows] == ["1s", "batch16"]
+    assert all(len(r["encode"]) == 2 and min(r["encode"]) > 0 for r in rows)
+    assert rows[0]["encode_gflop"] > 0 and set(raw["memory"]) == {f"ours {c} {op}" for c in ("1s", "batch16") for op in ("encode", "decode")}
+    from safetensors.torch import load_file
+
+    codes = load_file(raw["variants"][0]["codes"])
+    assert len(codes) == 17 and all(c.shape[0] == 8 for c in codes.values())
