@@ -141,13 +141,18 @@ def prepare(work_dir: Path, config_path: Path, audio_dir: Path, seed: int) -> tu
 class Implementation:
     """Our model or the reference, behind one encode/decode interface."""
 
-    def __init__(self, name: str, model_dir: Path, device: str, dtype: torch.dtype, compile: bool):
+    def __init__(self, name: str, model_dir: Path, device: str, dtype: torch.dtype, compile: bool, tf32: bool = False):
         self.name, self.device, self.dtype = name, torch.device(device), dtype
         started = time.perf_counter()
         self.model = self.load(model_dir)
         self.load_seconds = time.perf_counter() - started
         if compile:
             self.model.compile_kernels()
+        if name == "reference" and not tf32:
+            # Ours runs float32 as float32 on a GPU; the reference gets the same for a fair check.
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        if name == "ours":
+            self.model.allow_tf32 = tf32
 
     def load(self, model_dir: Path):
         if self.name == "ours":
@@ -214,7 +219,7 @@ def run_worker(spec: dict) -> dict:
     from safetensors.torch import load_file, save_file
 
     dtype = getattr(torch, spec["dtype"])
-    impl = Implementation(spec["impl"], Path(spec["model_dir"]), spec["device"], dtype, spec["compile"])
+    impl = Implementation(spec["impl"], Path(spec["model_dir"]), spec["device"], dtype, spec["compile"], spec["tf32"])
     inputs = load_file(spec["inputs"])
     result = {"impl": impl.name, "load_seconds": impl.load_seconds, "rows": [], "peaks": {}}
     codes_out = {}
@@ -243,6 +248,12 @@ def run_worker(spec: dict) -> dict:
                     # Its padded batch encodes the padding as audio; the check uses each clip alone.
                     for i, clip in enumerate(clips):
                         codes_out[f"{case}.{i:02d}"] = impl.encode([clip])[0][0].cpu().contiguous()
+    if spec.get("decode_check"):
+        # The first variant's codes decoded here: what this dtype does to the audio alone.
+        saved = load_file(spec["decode_check"])
+        key = min(k for k in saved if k.startswith(spec["cases"][0] + "."))
+        audio = impl.decode(saved[key][None].to(impl.device), None)
+        codes_out["audio"] = audio[0, 0].float().cpu().contiguous()
     save_file(codes_out, spec["codes_out"])
     return result
 
@@ -276,7 +287,7 @@ def run_memory_worker(spec: dict) -> dict:
     from safetensors.torch import load_file
 
     dtype = getattr(torch, spec["dtype"])
-    impl = Implementation(spec["impl"], Path(spec["model_dir"]), spec["device"], dtype, False)
+    impl = Implementation(spec["impl"], Path(spec["model_dir"]), spec["device"], dtype, False, spec["tf32"])
     case = spec["cases"][0]
     clips = case_clips(load_file(spec["inputs"]), case)
     if spec["op"] == "decode":
@@ -376,11 +387,22 @@ def code_agreement(a_path: str, b_path: str) -> tuple[int, int]:
     a, b = load_file(a_path), load_file(b_path)
     equal = total = 0
     for key in a:
+        if key == "audio":
+            continue
         x, y = a[key], b.get(key)
         total += x.numel()
         if y is not None and x.shape == y.shape:
             equal += int((x == y).sum())
     return equal, total
+
+
+def decode_error(a_path: str, b_path: str) -> tuple[float, float]:
+    """(max error relative to the peak, SNR in dB) of one variant's decoded audio against another's."""
+    from safetensors.torch import load_file
+
+    a, b = load_file(a_path)["audio"].double(), load_file(b_path)["audio"].double()
+    noise = (a - b).pow(2).sum().clamp(min=1e-30)
+    return float((a - b).abs().max() / b.abs().max()), float(10 * torch.log10(b.pow(2).sum() / noise))
 
 
 def machine_description(device: str) -> str:
@@ -401,7 +423,7 @@ def fmt_times(times: list[float]) -> str:
     return f"{min(times):.3f} / {statistics.median(times):.3f}"
 
 
-def report(args, variants: list[dict], memory: dict, imports: dict, agreement: dict) -> str:
+def report(args, variants: list[dict], memory: dict, imports: dict, agreement: dict, audio_error: dict) -> str:
     from . import __version__
 
     lines = [
@@ -448,6 +470,10 @@ def report(args, variants: list[dict], memory: dict, imports: dict, agreement: d
     lines += ["", "## Codes", "", "| variant | compared with | codes equal |", "|---|---|---|"]
     for (a, b), (equal, total) in agreement.items():
         lines.append(f"| {a} | {b} | {equal}/{total} ({100 * equal / max(total, 1):.3f} %) |")
+    lines += ["", f"Decoding the same codes ({variants[0]['label']}'s, case {args.cases[0]}):", "",
+              "| variant | compared with | max error / peak | SNR |", "|---|---|---|---|"]
+    for (a, b), (error, snr) in audio_error.items():
+        lines.append(f"| {a} | {b} | {error:.2e} | {snr:.1f} dB |")
     lines += ["", "## Arithmetic", ""]
     peak = base["peaks"].get(str(args.threads[0]))
     if peak:
@@ -491,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--compile", action="store_true", help="also time ours with compiled kernels")
+    parser.add_argument("--tf32", action="store_true", help="let both implementations run float32 GPU convs in TF32")
     parser.add_argument("--reference", choices=["auto", "yes", "no"], default="auto")
     parser.add_argument("--tune-reference-allocator", action="store_true",
                         help="give the reference's process the allocator setting ours makes (for attribution)")
@@ -528,16 +555,18 @@ def main(argv: list[str] | None = None) -> int:
         label = impl + ("" if len(args.dtype) == 1 else f" {dtype}") + (" compiled" if compiled else "")
         print(f"timing {label} ...", flush=True)
         spec = {"impl": impl, "model_dir": str(model_dir), "inputs": str(inputs_path), "device": args.device, "dtype": dtype,
-                "compile": compiled, "runs": args.runs, "threads": args.threads, "cases": args.cases,
+                "decode_check": variants[0]["codes"] if variants else None,
+                "compile": compiled, "tf32": args.tf32, "runs": args.runs, "threads": args.threads, "cases": args.cases,
                 "codes_out": str(args.work_dir / f"codes-{label.replace(' ', '-')}.safetensors")}
         env = {"MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "2147483647"} if impl == "reference" and args.tune_reference_allocator else None
         result = spawn(spec, args.work_dir, env)
         variants.append({**result, "label": label, "codes": spec["codes_out"], "spec": spec, "env": env})
 
-    agreement = {}
+    agreement, audio_error = {}, {}
     first = variants[0]
     for v in variants[1:]:
         agreement[(v["label"], first["label"])] = code_agreement(v["codes"], first["codes"])
+        audio_error[(v["label"], first["label"])] = decode_error(v["codes"], first["codes"])
 
     memory = {}
     for v in variants:
@@ -559,12 +588,13 @@ def main(argv: list[str] | None = None) -> int:
         "import torch": import_seconds("import torch", repeats=args.import_runs),
         "import higgs_tokenizer, after torch": import_seconds("import higgs_tokenizer", setup="import torch", repeats=args.import_runs),
     }
-    text = report(args, variants, memory, imports, agreement)
+    text = report(args, variants, memory, imports, agreement, audio_error)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
     raw = {"argv": sys.argv[1:], "variants": [{k: v for k, v in var.items() if k not in ("spec", "env")} for var in variants],
            "memory": {" ".join(k): v for k, v in memory.items()}, "imports": imports,
-           "agreement": {" vs ".join(k): v for k, v in agreement.items()}}
+           "agreement": {" vs ".join(k): v for k, v in agreement.items()},
+           "audio_error": {" vs ".join(k): v for k, v in audio_error.items()}}
     args.output.with_suffix(".json").write_text(json.dumps(raw, indent=1))
     print(text)
     return 0

@@ -25,7 +25,7 @@ from .hubert import HubertModel
 from .layers import Snake1d, conv_stack_output_length, snake_reference, zero_padding
 from .quantizer import ResidualVectorQuantizer
 from .resample import resample
-from .runtime import tune_cpu_allocator
+from .runtime import full_float32, tune_cpu_allocator
 from .semantic import SemanticDecoder, SemanticEncoder
 
 # HuBERT sees 160 zeros (10 ms at 16 kHz) on each side, centring its 20 ms frames.
@@ -64,6 +64,10 @@ class HiggsAudioV2TokenizerOutput(ModelOutput):
 
 
 class HiggsAudioV2TokenizerModel(nn.Module):
+    # On a GPU, float32 runs in full float32 (cuDNN would use TF32, which moves some codes
+    # and adds about 1e-3 of error to the audio); set True to trade that for speed.
+    allow_tf32: bool = False
+
     def __init__(self, config: HiggsAudioV2TokenizerConfig):
         super().__init__()
         self.config = config
@@ -257,8 +261,9 @@ class HiggsAudioV2TokenizerModel(nn.Module):
         """
         num_quantizers = self.config.num_quantizers_for_bandwidth(bandwidth)
         input_values = self._check_waveform(input_values, length_rule, padding_mask)
-        embeddings, frames = self.embed(input_values, padding_mask, length_rule)
-        codes = self.quantizer.encode(embeddings, num_quantizers)
+        with full_float32(self.device, self.dtype, enabled=not self.allow_tf32):
+            embeddings, frames = self.embed(input_values, padding_mask, length_rule)
+            codes = self.quantizer.encode(embeddings, num_quantizers)
         if padding_mask is None:
             return self._wrap(HiggsAudioV2TokenizerEncoderOutput(codes), return_dict)
         codes = zero_padding(codes, frames)
@@ -280,8 +285,9 @@ class HiggsAudioV2TokenizerModel(nn.Module):
                 raise ValueError(f"code_lengths must hold one length in [1, {audio_codes.shape[2]}] per batch item")
             if bool((code_lengths == audio_codes.shape[2]).all()):
                 code_lengths = None
-        latents = self.fc2(self.quantizer.decode(audio_codes)).transpose(1, 2)
-        audio_values = self.acoustic_decoder(latents, code_lengths)
+        with full_float32(self.device, self.dtype, enabled=not self.allow_tf32):
+            latents = self.fc2(self.quantizer.decode(audio_codes)).transpose(1, 2)
+            audio_values = self.acoustic_decoder(latents, code_lengths)
         if code_lengths is not None:
             audio_values = zero_padding(audio_values, code_lengths * self.config.hop_length)
         return self._wrap(HiggsAudioV2TokenizerDecoderOutput(audio_values), return_dict)
