@@ -248,12 +248,11 @@ def run_worker(spec: dict) -> dict:
                     # Its padded batch encodes the padding as audio; the check uses each clip alone.
                     for i, clip in enumerate(clips):
                         codes_out[f"{case}.{i:02d}"] = impl.encode([clip])[0][0].cpu().contiguous()
-    if spec.get("decode_check"):
-        # The first variant's codes decoded here: what this dtype does to the audio alone.
-        saved = load_file(spec["decode_check"])
-        key = min(k for k in saved if k.startswith(spec["cases"][0] + "."))
-        audio = impl.decode(saved[key][None].to(impl.device), None)
-        codes_out["audio"] = audio[0, 0].float().cpu().contiguous()
+    # The first variant's codes decoded here too: what this dtype does to the audio alone.
+    saved = load_file(spec["decode_check"]) if spec.get("decode_check") else codes_out
+    key = min(k for k in saved if k.startswith(spec["cases"][0] + "."))
+    audio = impl.decode(saved[key][None].to(impl.device), None)
+    codes_out["audio"] = audio[0, 0].float().cpu().contiguous()
     save_file(codes_out, spec["codes_out"])
     return result
 
