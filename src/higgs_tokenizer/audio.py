@@ -8,6 +8,7 @@ Resampling uses soxr at its highest quality; integer PCM comes out scaled to [-1
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -56,10 +57,29 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None) -> tuple
                 raise
             # An unknown extension: PyAV may still know the container.
             channels, rate = _read_pyav(path)
+    return _mono_at_rate(channels, rate, sample_rate, str(path))
+
+
+def load_audio_bytes(data: bytes, sample_rate: int | None = None, name: str = "<bytes>") -> tuple[np.ndarray, int]:
+    """`load_audio` for an encoded file held in memory (a Parquet audio column, say);
+    `name` labels errors."""
+    if not data:
+        raise AudioDecodeError(f"{name}: empty audio bytes")
+    try:
+        channels, rate = _read_soundfile(io.BytesIO(data), name)
+    except AudioDecodeError as err:
+        try:
+            channels, rate = _read_pyav(io.BytesIO(data), name)
+        except MissingExtraError:
+            raise err from None
+    return _mono_at_rate(channels, rate, sample_rate, name)
+
+
+def _mono_at_rate(channels: np.ndarray, rate: int, sample_rate: int | None, name: str) -> tuple[np.ndarray, int]:
     if channels.shape[1] == 0:
-        raise AudioDecodeError(f"{path}: contains no audio samples")
+        raise AudioDecodeError(f"{name}: contains no audio samples")
     if not np.isfinite(channels).all():
-        raise AudioDecodeError(f"{path}: contains NaN or infinite samples")
+        raise AudioDecodeError(f"{name}: contains NaN or infinite samples")
     samples = to_mono(channels)
     if sample_rate is not None and sample_rate != rate:
         samples, rate = resample_audio(samples, rate, sample_rate), sample_rate
@@ -80,13 +100,14 @@ def resample_audio(samples: np.ndarray, orig_rate: int, new_rate: int) -> np.nda
     return soxr.resample(np.ascontiguousarray(samples, dtype=np.float32), orig_rate, new_rate, quality="VHQ")
 
 
-def _read_soundfile(path: Path) -> tuple[np.ndarray, int]:
+def _read_soundfile(source: Path | io.BytesIO, name: str | None = None) -> tuple[np.ndarray, int]:
     import soundfile as sf
 
+    name = name or str(source)
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        data, rate = sf.read(source if isinstance(source, io.BytesIO) else str(source), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
-        raise AudioDecodeError(f"{path}: not a readable audio file ({_reason(err)})") from None
+        raise AudioDecodeError(f"{name}: not a readable audio file ({_reason(err)})") from None
     return data.T, int(rate)
 
 
@@ -98,17 +119,17 @@ def _reason(err: Exception) -> str:
     return text or type(err).__name__
 
 
-def _read_pyav(path: Path) -> tuple[np.ndarray, int]:
+def _read_pyav(source: Path | io.BytesIO, name: str | None = None) -> tuple[np.ndarray, int]:
+    name = name or str(source)
     try:
         import av
     except ImportError:
-        raise MissingExtraError(
-            f"{path}: reading {path.suffix or 'this'} files needs PyAV: pip install 'higgs-audio-tokenizer[av]'"
-        ) from None
+        kind = source.suffix if isinstance(source, Path) and source.suffix else "this"
+        raise MissingExtraError(f"{name}: reading {kind} files needs PyAV: pip install 'higgs-audio-tokenizer[av]'") from None
     try:
-        with av.open(str(path)) as container:
+        with av.open(source if isinstance(source, io.BytesIO) else str(source)) as container:
             if not container.streams.audio:
-                raise AudioDecodeError(f"{path}: has no audio stream")
+                raise AudioDecodeError(f"{name}: has no audio stream")
             stream = container.streams.audio[0]
             # Planar float: one row per channel, already scaled to [-1, 1].
             resampler = av.AudioResampler(format="fltp")
@@ -122,9 +143,9 @@ def _read_pyav(path: Path) -> tuple[np.ndarray, int]:
     except AudioDecodeError:
         raise
     except Exception as err:  # PyAV raises its own error classes per FFmpeg error code
-        raise AudioDecodeError(f"{path}: not a readable audio file ({type(err).__name__}: {err})") from None
+        raise AudioDecodeError(f"{name}: not a readable audio file ({type(err).__name__}: {err})") from None
     if not chunks:
-        raise AudioDecodeError(f"{path}: contains no audio samples")
+        raise AudioDecodeError(f"{name}: contains no audio samples")
     return np.concatenate(chunks, axis=1).astype(np.float32, copy=False), int(rate)
 
 

@@ -1,4 +1,4 @@
-"""The `higgs-tokenizer` command: encode, decode, roundtrip, info, convert."""
+"""The `higgs-tokenizer` command: encode, decode, roundtrip, info, convert, tokenize-dataset."""
 
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ EXAMPLES = {
     "roundtrip": "example:\n  higgs-tokenizer roundtrip speech.wav -o speech.roundtrip.wav",
     "info": "examples:\n  higgs-tokenizer info\n  higgs-tokenizer info /models/higgs-audio-v2-tokenizer",
     "convert": "example:\n  higgs-tokenizer convert original_checkpoint/ converted/",
+    "tokenize-dataset": "examples:\n  higgs-tokenizer tokenize-dataset corpus/ --output tokens/\n"
+    "  higgs-tokenizer tokenize-dataset manifest.jsonl --output tokens/ --shard-size 512 --workers 4\n"
+    "  higgs-tokenizer tokenize-dataset data.parquet --output tokens/ --engine ray --ray-address auto --num-actors 8 --gpus-per-actor 1",
 }
 
 
@@ -280,6 +283,42 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_tokenize_dataset(args) -> int:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise ImportError("tokenize-dataset needs pyarrow: pip install 'higgs-audio-tokenizer[dataset]'") from None
+    columns = dict(path_column=args.path_column, id_column=args.id_column, audio_column=args.audio_column)
+    job = dict(shard_size=args.shard_size, bandwidth=args.bandwidth, overwrite=args.overwrite, progress=not args.quiet, **columns)
+    started = time.perf_counter()
+    if args.engine == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise ImportError("--engine ray needs Ray: pip install 'higgs-audio-tokenizer[ray]'") from None
+        from .dataset.ray_engine import tokenize_dataset_ray
+        from .tokenizer import default_model
+
+        manifest = tokenize_dataset_ray(
+            args.source, args.output, args.model or default_model(), address=args.ray_address,
+            num_actors=args.num_actors, gpus_per_actor=args.gpus_per_actor, device=args.device, dtype=args.dtype,
+            batch_size=args.batch_size, **job,
+        )
+    else:
+        from .dataset import tokenize_dataset
+
+        manifest = tokenize_dataset(args.source, args.output, _load_tokenizer(args), workers=args.workers, **job)
+    counts = manifest["counts"]
+    if not args.quiet:
+        print(
+            f"{counts['encoded']} of {counts['items']} items encoded ({manifest['total_hours']:.2f} h of audio) "
+            f"into {len(manifest['shards'])} shards in {args.output}; {counts['errors']} errors"
+            + (" (errors/ lists them)" if counts["errors"] else "")
+            + f"; this run {time.perf_counter() - started:.1f} s"
+        )
+    return 0
+
+
 def _message(err: Exception) -> str:
     text = str(err)
     if isinstance(err, OSError) and err.strerror and err.filename:
@@ -345,6 +384,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("info", "describe a checkpoint", [common])
     p.add_argument("model_arg", nargs="?", metavar="MODEL", help="checkpoint directory or Hub id")
     p.set_defaults(run=cmd_info)
+
+    p = add("tokenize-dataset", "tokenize a corpus into Parquet shards: resumable, errors recorded", [common])
+    p.add_argument("source", metavar="SOURCE", help="a directory of audio files, a .jsonl/.csv/.tsv manifest, or .parquet file(s)")
+    p.add_argument("-o", "--output", required=True, help="output directory (rerun the same command to resume)")
+    p.add_argument("--overwrite", action="store_true", help="delete an earlier output in --output and start again")
+    p.add_argument("--bandwidth", type=float, default=None, help="kbps, one of the model's (default: the highest)")
+    p.add_argument("--batch-size", type=int, default=None, help="clips per model call (default: 8 on a GPU, 1 on the CPU)")
+    p.add_argument("--shard-size", type=int, default=256, help="items per output shard (default 256)")
+    p.add_argument("--workers", type=int, default=None, help="audio decoding processes (default: half the cores)")
+    p.add_argument("--path-column", default="path", help="manifest column with the audio path (default: path)")
+    p.add_argument("--id-column", default="id", help="column with the item id, if any (default: id)")
+    p.add_argument("--audio-column", default="audio", help="Parquet column with audio bytes or paths (default: audio)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local", help="local processes (default) or Ray Data")
+    p.add_argument("--ray-address", default=None, help="Ray cluster to join ('auto', 'ray://head:10001'); default: start one here")
+    p.add_argument("--num-actors", type=int, default=1, help="Ray: models encoding in parallel (default 1)")
+    p.add_argument("--gpus-per-actor", type=float, default=0.0, help="Ray: GPUs each model actor takes (default 0)")
+    p.set_defaults(run=cmd_tokenize_dataset)
 
     p = add("convert", "convert an original-format checkpoint to the transformers format", [common])
     p.add_argument("source", help="original-format checkpoint (directory or Hub id)")

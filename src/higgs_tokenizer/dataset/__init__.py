@@ -1,0 +1,14 @@
+"""Tokenizing a corpus: items from a directory, manifest or Parquet files into Parquet shards.
+
+    from higgs_tokenizer.dataset import tokenize_dataset
+    manifest = tokenize_dataset("corpus/", "tokens/", tokenizer)
+
+Needs pyarrow (the `[dataset]` extra). See `sources` (what an item is),
+`shards` (the output and how it is committed) and `local` (the engine).
+"""
+
+from .local import tokenize_dataset
+from .shards import OutputError
+from .sources import SourceError, list_items
+
+__all__ = ["OutputError", "SourceError", "list_items", "tokenize_dataset"]
