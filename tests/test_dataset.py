@@ -60,7 +60,7 @@ def test_directory_corpus_with_bad_files(tmp_path, tokenizer, speech):
     sf.write(corpus / "tiny.wav", speech[:50], RATE)  # shorter than the model's shortest input
     manifest = tokenize_dataset(corpus, tmp_path / "out", tokenizer, shard_size=3, workers=1, progress=False)
 
-    assert manifest["counts"] == {"items": 9, "encoded": 7, "errors": 2}
+    assert manifest["counts"] == {"items": 9, "encoded": 7, "errors": 2}, manifest["errors"]
     assert len(manifest["shards"]) == 3 and manifest["model"]["config_sha256"] == tokenizer.identity.config_sha256
     table, errors = read_output(tmp_path / "out")
     assert sorted(table.column("id").to_pylist()) == sorted(good)
@@ -175,31 +175,42 @@ def run_cli(corpus, output, *extra):
 def test_kill_minus_nine_at_random_moments(tmp_path, speech):
     """Killed several times mid-run, the job still ends with every item exactly once, as an uninterrupted run."""
     corpus = tmp_path / "corpus"
-    make_corpus(corpus, speech, 16, seed=3)
+    make_corpus(corpus, speech, 30, seed=3)
     (corpus / "bad.wav").write_text("not audio")
     reference = run_cli(corpus, tmp_path / "whole")
     assert reference.wait(300) == 0, reference.stderr.read().decode()
 
+    def committed():
+        return len(list((tmp_path / "killed" / "data").glob("*.parquet")))
+
     rng = random.Random(1234)
-    killed = 0
-    for _ in range(4):
+    kills = []
+    for attempt in range(4):
         proc = run_cli(corpus, tmp_path / "killed")
-        time.sleep(rng.uniform(1.0, 6.0))
+        if attempt == 0:
+            time.sleep(rng.uniform(0.2, 1.5))  # while it starts: nothing committed yet
+        else:
+            # Once this run has committed a shard, at a random moment after: mid-shard, mid-write.
+            before, deadline = committed(), time.time() + 120
+            while proc.poll() is None and committed() <= before and time.time() < deadline:
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 0.4))
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)  # the whole group: its decoding workers too
-            killed += 1
+            kills.append(committed())
         proc.wait(60)
-    assert killed >= 2  # the test must really interrupt runs
+    # Every run was really cut short, at least three of them before the last of the 16 shards.
+    assert len(kills) == 4 and sum(k < 16 for k in kills) >= 3, kills
     final = run_cli(corpus, tmp_path / "killed")
     assert final.wait(300) == 0, final.stderr.read().decode()
 
     whole, whole_errors = read_output(tmp_path / "whole")
     resumed, resumed_errors = read_output(tmp_path / "killed")
     ids = resumed.column("id").to_pylist()
-    assert len(ids) == len(set(ids)) == 16
+    assert len(ids) == len(set(ids)) == 30
     by_id = {r["id"]: r for r in whole.to_pylist()}
     for row in resumed.to_pylist():
         assert row == by_id[row["id"]], row["id"]
     assert resumed_errors == whole_errors and [e["id"] for e in resumed_errors] == ["bad.wav"]
     manifest = json.loads((tmp_path / "killed" / "dataset.json").read_text())
-    assert manifest["counts"] == {"items": 17, "encoded": 16, "errors": 1}
+    assert manifest["counts"] == {"items": 31, "encoded": 30, "errors": 1}

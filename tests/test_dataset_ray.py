@@ -5,7 +5,8 @@ import pytest
 import ray
 import soundfile as sf
 from conftest import fixture_dir, load_model
-from test_dataset import make_corpus, read_output, speech  # noqa: F401  (speech: a fixture)
+from test_dataset import make_corpus, read_output
+from test_dataset import speech as speech  # a fixture, used by name
 
 from higgs_tokenizer.dataset import tokenize_dataset
 from higgs_tokenizer.dataset.ray_engine import tokenize_dataset_ray

@@ -174,6 +174,7 @@ class HiggsAudioTokenizer:
         results = [wrap(c, num_samples(clip), item) for c, clip, item in zip(codes, clips, items)]
         return results[0] if single else results
 
+    @torch.inference_mode()
     def encode_clips(self, clips: Sequence, bandwidth: float | None = None) -> list[torch.Tensor]:
         """Codes for mono clips at the model's rate (arrays or `SampleSource`s), each exactly
         as if alone: clips are sorted by length and batched with padding masks; long
