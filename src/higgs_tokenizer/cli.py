@@ -301,7 +301,8 @@ def cmd_tokenize_dataset(args) -> int:
 
         manifest = tokenize_dataset_ray(
             args.source, args.output, args.model or default_model(), address=args.ray_address,
-            num_actors=args.num_actors, gpus_per_actor=args.gpus_per_actor, device=args.device, dtype=args.dtype,
+            num_actors=args.num_actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
+            device=args.device, dtype=args.dtype,
             batch_size=args.batch_size, **job,
         )
     else:
@@ -400,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", default=None, help="Ray cluster to join ('auto', 'ray://head:10001'); default: start one here")
     p.add_argument("--num-actors", type=int, default=1, help="Ray: models encoding in parallel (default 1)")
     p.add_argument("--gpus-per-actor", type=float, default=0.0, help="Ray: GPUs each model actor takes (default 0)")
+    p.add_argument("--cpus-per-actor", type=float, default=1.0,
+                   help="Ray: CPUs each model actor takes, and its torch threads (default 1)")
     p.set_defaults(run=cmd_tokenize_dataset)
 
     p = add("convert", "convert an original-format checkpoint to the transformers format", [common])

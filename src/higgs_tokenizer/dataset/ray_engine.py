@@ -61,8 +61,13 @@ class DecodeAudio:
 class EncodeActor:
     """Ray Data actor stage: one model per actor; codes as int16 bytes with their frame count."""
 
-    def __init__(self, model: str, device: str | None, dtype: str | None, batch_size: int | None, bandwidth: float | None):
+    def __init__(self, model: str, device: str | None, dtype: str | None, batch_size: int | None,
+                 bandwidth: float | None, threads: int):
+        import torch
+
         from ..tokenizer import HiggsAudioTokenizer
+
+        torch.set_num_threads(threads)  # Ray starts workers with one thread each; the actor owns its CPUs
 
         self.tokenizer = HiggsAudioTokenizer.from_pretrained(model, device=device, dtype=dtype, batch_size=batch_size)
         self.bandwidth = bandwidth
@@ -144,7 +149,8 @@ def tokenize_dataset_ray(
                          compute=ActorPoolStrategy(min_size=1, max_size=max(1, int(ray.cluster_resources().get("CPU", 1)))),
                          num_cpus=1)
             .map_batches(EncodeActor, fn_constructor_kwargs={"model": model, "device": device, "dtype": dtype,
-                                                             "batch_size": batch_size, "bandwidth": bandwidth},
+                                                             "batch_size": batch_size, "bandwidth": bandwidth,
+                                                             "threads": max(1, int(cpus_per_actor))},
                          batch_size=decode_batch, compute=ActorPoolStrategy(size=num_actors),
                          num_gpus=gpus_per_actor, num_cpus=cpus_per_actor)
         )
