@@ -34,6 +34,7 @@ from transformers import HiggsAudioV2TokenizerConfig as RefConfig  # noqa: E402
 from transformers import HiggsAudioV2TokenizerModel as RefModel  # noqa: E402
 
 import higgs_tokenizer  # noqa: E402
+from higgs_tokenizer.bench import randomize  # noqa: E402  (the same modules and names in the reference)
 from make_extra_fixtures import original_rule_codes  # noqa: E402  (the original's steps, reference modules)
 
 SHARED = REPO.parent / "shared"
@@ -46,27 +47,6 @@ def load_recordings(audio_dir: Path, sample_rate: int) -> dict[str, torch.Tensor
         wav = torch.from_numpy(wav.mean(axis=1))
         out[path.name] = torchaudio.functional.resample(wav, sr, sample_rate) if sr != sample_rate else wav
     return out
-
-
-@torch.no_grad()
-def randomize(model: RefModel, seed: int) -> None:
-    """Fan-in scaled convs and varied Snake alphas (the default init leaves the
-    acoustic convs at std 0.02, which makes the decoder output near-constant)."""
-    g = torch.Generator().manual_seed(seed)
-    for part in (model.acoustic_encoder, model.acoustic_decoder, model.encoder_semantic, model.decoder_semantic):
-        for mod in part.modules():
-            if isinstance(mod, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)):
-                w = mod.weight
-                if isinstance(mod, torch.nn.Conv1d):
-                    fan_in = w.shape[1] * w.shape[2]
-                else:
-                    fan_in = w.shape[0] * w.shape[2] // max(1, mod.stride[0])
-                w.copy_(torch.randn(w.shape, generator=g) / fan_in**0.5)
-                if mod.bias is not None:
-                    mod.bias.copy_(torch.rand(mod.bias.shape, generator=g) * 0.1 - 0.05)
-            alpha = getattr(mod, "alpha", None)
-            if isinstance(alpha, torch.Tensor):
-                alpha.copy_(torch.rand(alpha.shape, generator=g) * 1.5 + 0.5)
 
 
 @torch.inference_mode()

@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 from conftest import audio_file, fixture_dir, load_model
 
-from higgs_tokenizer.dataset import OutputError, SourceError, list_items, tokenize_dataset
+from higgs_tokenizer.dataset import Columns, OutputError, SourceError, list_items, tokenize_dataset
 from higgs_tokenizer.tokenizer import HiggsAudioTokenizer
 
 RATE = 24000
@@ -115,7 +115,7 @@ def test_manifests_pass_columns_through(tmp_path, tokenizer, speech):
 
     with open(corpus / "train.csv", "w") as f:
         f.write("file,transcript\n" + "".join(f"{p},line {i}\n" for i, p in enumerate(paths)))
-    tokenize_dataset(corpus / "train.csv", tmp_path / "csv", tokenizer, workers=1, path_column="file", progress=False)
+    tokenize_dataset(corpus / "train.csv", tmp_path / "csv", tokenizer, workers=1, columns=Columns(path="file"), progress=False)
     table, _ = read_output(tmp_path / "csv")
     assert table.column("id").to_pylist() == paths and table.column("transcript").to_pylist()[1] == "line 1"
 
@@ -123,7 +123,7 @@ def test_manifests_pass_columns_through(tmp_path, tokenizer, speech):
     with pytest.raises(SourceError, match="1 duplicate id"):
         list_items(corpus / "dup.jsonl")
     with pytest.raises(SourceError, match="no 'wav' column"):
-        list_items(corpus / "train.jsonl", path_column="wav")
+        list_items(corpus / "train.jsonl", Columns(path="wav"))
 
 
 def test_parquet_sources(tmp_path, tokenizer, speech):

@@ -288,8 +288,10 @@ def cmd_tokenize_dataset(args) -> int:
         import pyarrow  # noqa: F401
     except ImportError:
         raise ImportError("tokenize-dataset needs pyarrow: pip install 'higgs-audio-tokenizer[dataset]'") from None
-    columns = dict(path_column=args.path_column, id_column=args.id_column, audio_column=args.audio_column)
-    job = dict(shard_size=args.shard_size, bandwidth=args.bandwidth, overwrite=args.overwrite, progress=not args.quiet, **columns)
+    from .dataset.sources import Columns
+
+    columns = Columns(path=args.path_column, id=args.id_column, audio=args.audio_column)
+    job = dict(shard_size=args.shard_size, bandwidth=args.bandwidth, overwrite=args.overwrite, progress=not args.quiet, columns=columns)
     started = time.perf_counter()
     if args.engine == "ray":
         try:

@@ -9,6 +9,6 @@ Needs pyarrow (the `[dataset]` extra). See `sources` (what an item is),
 
 from .local import tokenize_dataset
 from .shards import OutputError
-from .sources import SourceError, list_items
+from .sources import Columns, SourceError, list_items
 
-__all__ = ["OutputError", "SourceError", "list_items", "tokenize_dataset"]
+__all__ = ["Columns", "OutputError", "SourceError", "list_items", "tokenize_dataset"]

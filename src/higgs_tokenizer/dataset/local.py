@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .shards import OutputDir, OutputError, Plan, encode_schema, extra_schema
-from .sources import AudioReader, Item, Listing, list_items
+from .sources import AudioReader, Columns, Item, Listing, list_items
 
 DEFAULT_SHARD_SIZE = 256
 
@@ -113,6 +113,19 @@ def encode_shard(tokenizer, items: list[Item], decoded: list, bandwidth: float |
     return rows, failed
 
 
+def open_job(source: Path, output: Path, tokenizer, shard_size: int, bandwidth, overwrite: bool, columns: Columns):
+    """List the source, record or check the plan, and find the shards still to do:
+    (items, output, plan, pending shards). Shared by both engines."""
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be at least 1, got {shard_size}")
+    listing = list_items(source, columns)
+    out = prepare_output(output, overwrite)
+    plan = out.start(make_plan(listing, source, tokenizer, shard_size, bandwidth))
+    items = listing.items
+    pending = [k for k in range(plan.num_shards) if not out.committed(k, [items[i].id for i in plan.shard_range(k)])]
+    return items, out, plan, pending
+
+
 def tokenize_dataset(
     source: str | os.PathLike,
     output: str | os.PathLike,
@@ -122,26 +135,19 @@ def tokenize_dataset(
     workers: int | None = None,
     bandwidth: float | None = None,
     overwrite: bool = False,
-    path_column: str = "path",
-    id_column: str = "id",
-    audio_column: str = "audio",
+    columns: Columns = Columns(),
     progress: bool = True,
 ) -> dict:
     """Tokenize every item of `source` into Parquet shards under `output`; returns the dataset manifest.
 
     Resumes where a previous run of the same job stopped; refuses an output that
-    holds another job unless `overwrite`.
+    holds another job unless `overwrite`. `columns` names the source's path, id
+    and audio columns.
     """
     from .. import __version__
 
     source, output = Path(source), Path(output)
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be at least 1, got {shard_size}")
-    listing = list_items(source, path_column=path_column, id_column=id_column, audio_column=audio_column)
-    out = prepare_output(output, overwrite)
-    plan = out.start(make_plan(listing, source, tokenizer, shard_size, bandwidth))
-    items = listing.items
-    pending = [k for k in range(plan.num_shards) if not out.committed(k, [items[i].id for i in plan.shard_range(k)])]
+    items, out, plan, pending = open_job(source, output, tokenizer, shard_size, bandwidth, overwrite, columns)
     done_items = plan.num_items - sum(len(plan.shard_range(k)) for k in pending)
     bar = _progress(plan.num_items, done_items, progress)
     started, audio_seconds = time.perf_counter(), 0.0

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .local import _progress, encode_shard, make_plan, prepare_output
-from .sources import AudioReader, Item, list_items
+from .local import _progress, encode_shard, open_job
+from .sources import AudioReader, Columns, Item
 
 _ITEM_FIELDS = ("index", "id", "source", "path", "parquet_file", "parquet_row", "parquet_column")
 
@@ -108,9 +108,7 @@ def tokenize_dataset_ray(
     shard_size: int = 256,
     bandwidth: float | None = None,
     overwrite: bool = False,
-    path_column: str = "path",
-    id_column: str = "id",
-    audio_column: str = "audio",
+    columns: Columns = Columns(),
     progress: bool = True,
     decode_batch: int = 8,
 ) -> dict:
@@ -124,15 +122,9 @@ def tokenize_dataset_ray(
     from ..tokenizer import HiggsAudioTokenizer
 
     source, output = Path(source), Path(output)
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be at least 1, got {shard_size}")
-    listing = list_items(source, path_column=path_column, id_column=id_column, audio_column=audio_column)
     # The driver loads the model once too: for its identity (the plan) and config (the manifest).
     tokenizer = HiggsAudioTokenizer.from_pretrained(model, dtype=dtype)
-    out = prepare_output(output, overwrite)
-    plan = out.start(make_plan(listing, source, tokenizer, shard_size, bandwidth))
-    items = listing.items
-    pending = [k for k in range(plan.num_shards) if not out.committed(k, [items[i].id for i in plan.shard_range(k)])]
+    items, out, plan, pending = open_job(source, output, tokenizer, shard_size, bandwidth, overwrite, columns)
     remaining = {k: len(plan.shard_range(k)) for k in pending}
     done_items = plan.num_items - sum(remaining.values())
     bar = _progress(plan.num_items, done_items, progress)

@@ -35,6 +35,15 @@ class Item:
     extra: dict = field(default_factory=dict, compare=False, hash=False)  # passed through to the output
 
 
+@dataclass(frozen=True)
+class Columns:
+    """Which source columns hold what: the audio path (manifests), the id, the audio (Parquet)."""
+
+    path: str = "path"
+    id: str = "id"
+    audio: str = "audio"
+
+
 @dataclass
 class Listing:
     items: list[Item]
@@ -49,10 +58,11 @@ class Listing:
         return digest.hexdigest()
 
 
-def list_items(source: str | os.PathLike, *, path_column: str = "path", id_column: str = "id", audio_column: str = "audio") -> Listing:
+def list_items(source: str | os.PathLike, columns: Columns = Columns()) -> Listing:
     """The items of `source`: a directory tree of audio files, a JSONL/CSV/TSV manifest
     with a path column, or Parquet files (one file, or a directory of them) with an audio column."""
     source = Path(source)
+    path_column, id_column, audio_column = columns.path, columns.id, columns.audio
     if not source.exists():
         raise SourceError(f"{source}: no such file or directory")
     if source.is_dir():
