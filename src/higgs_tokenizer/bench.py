@@ -163,13 +163,14 @@ class Implementation:
 
         return Reference.from_pretrained(str(model_dir)).to(device=self.device, dtype=self.dtype).eval()
 
-    def encode(self, clips: list[torch.Tensor], exact: bool = True):
-        """Codes of each clip; a list of several is encoded as one padded batch."""
+    def encode(self, clips: list[torch.Tensor]):
+        """Codes of each clip; a list of several is encoded as one padded batch (ours with its
+        padding mask, exact; the reference as its users call it, without)."""
         lengths = [len(c) for c in clips]
         batch = torch.zeros(len(clips), 1, max(lengths), device=self.device, dtype=self.dtype)
         for i, clip in enumerate(clips):
             batch[i, 0, : len(clip)] = clip.to(self.device, self.dtype)
-        if len(clips) > 1 and self.name == "ours" and exact:
+        if len(clips) > 1 and self.name == "ours":
             mask = torch.arange(batch.shape[-1], device=self.device) < torch.tensor(lengths, device=self.device)[:, None]
             out = self.model.encode(batch, padding_mask=mask.long())
             return out.audio_codes, out.code_lengths
