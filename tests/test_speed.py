@@ -86,6 +86,10 @@ def test_allocator_tuning_applies_once_and_can_be_refused():
     env = {"HIGGS_TOKENIZER_KEEP_MALLOC": "1", "PATH": ""}
     refused = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.split()
     assert refused == ["False", "False"]
+    lowered = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"HIGGS_TOKENIZER_MMAP_MB": "256"})
+    assert lowered.stdout.split() == [expected, expected]
+    bad = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"HIGGS_TOKENIZER_MMAP_MB": "lots"})
+    assert bad.returncode != 0 and "must be a number of MiB" in bad.stderr
 
 
 def test_compiled_kernels_match_eager():

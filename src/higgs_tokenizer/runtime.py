@@ -25,7 +25,11 @@ import torch
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
-# Blocks up to this size come from the heap and are reused after free.
+# Blocks up to this size come from the heap and are reused after free; larger ones are
+# mapped afresh each time (slower, but they leave no hole behind). 1 GiB by default;
+# HIGGS_TOKENIZER_MMAP_MB lowers it (256 bounds the peak of one-shot calls on long audio:
+# docs/performance.md has the measured trade-off).
+_ENV_THRESHOLD = "HIGGS_TOKENIZER_MMAP_MB"
 MMAP_THRESHOLD = 1 << 30
 # Free memory at the top of the heap is kept up to this much (the largest mallopt takes).
 TRIM_THRESHOLD = (1 << 31) - 1
@@ -41,11 +45,13 @@ def tune_cpu_allocator() -> bool:
     process (its resident size stays at the peak of its largest call) and is
     reused by the next. Called when a model is loaded onto the CPU; set the
     environment variable HIGGS_TOKENIZER_KEEP_MALLOC=1 to leave the allocator
-    alone. Returns whether the setting is in effect (False off glibc).
+    alone, or HIGGS_TOKENIZER_MMAP_MB to lower the size of the blocks kept.
+    Returns whether the setting is in effect (False off glibc).
     """
     global _tuned
     if _tuned is not None:
         return _tuned
+    threshold = _mmap_threshold()
     _tuned = False
     if os.environ.get(_ENV_OPT_OUT, "") not in ("", "0") or not sys.platform.startswith("linux"):
         return False
@@ -55,8 +61,21 @@ def tune_cpu_allocator() -> bool:
     except (OSError, AttributeError):  # musl and other libcs have no mallopt
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _tuned = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    _tuned = bool(mallopt(_M_MMAP_THRESHOLD, threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     return _tuned
+
+
+def _mmap_threshold() -> int:
+    text = os.environ.get(_ENV_THRESHOLD)
+    if not text:
+        return MMAP_THRESHOLD
+    try:
+        threshold = int(float(text) * 2**20)
+    except ValueError:
+        raise ValueError(f"{_ENV_THRESHOLD} must be a number of MiB, got {text!r}") from None
+    if not 0 < threshold <= MMAP_THRESHOLD:
+        raise ValueError(f"{_ENV_THRESHOLD} must be between 1 and {MMAP_THRESHOLD >> 20} MiB, got {text}")
+    return threshold
 
 
 @contextlib.contextmanager
