@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .local import _progress, encode_shard, open_job
+from .local import _progress, _reason, encode_shard, open_job
 from .sources import AudioReader, Columns, Item
 
 _ITEM_FIELDS = ("index", "id", "source", "path", "parquet_file", "parquet_row", "parquet_column")
@@ -54,7 +54,7 @@ class DecodeAudio:
                 errors.append("")
             except Exception as err:  # recorded in the errors table, as the local engine does
                 audio.append(b"")
-                errors.append(str(err).removeprefix(f"{item.path}: ").removeprefix(f"{item.source}: ") or type(err).__name__)
+                errors.append(_reason(err, item))
         return {**{k: batch[k] for k in _ITEM_FIELDS}, "audio": np.array(audio, dtype=object), "error": np.array(errors, dtype=object)}
 
 
