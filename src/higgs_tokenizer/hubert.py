@@ -173,18 +173,23 @@ class HubertModel(nn.Module):
 
     def forward(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """Hidden states, and each item's valid frames when `lengths` (valid samples per item) is given."""
+        embedded, lengths = self._embed(waveform, lengths)
+        return self.encoder(embedded, lengths), lengths
+
+    def _embed(self, waveform: torch.Tensor, lengths: torch.Tensor | None):
+        """The transformer's input `[B, frames, hidden]` and each item's valid frames."""
         features, lengths = self.feature_extractor(waveform, lengths)
-        return self.encoder(self.feature_projection(features.transpose(1, 2)), lengths), lengths
+        return self.feature_projection(features.transpose(1, 2)), lengths
 
     def mean_hidden_state(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None, frame_step: int = 1):
         """The mean of all hidden states at every `frame_step`-th frame, `[B, frames, hidden]`, and
         each item's valid (full-rate) frames; bit for bit `torch.stack(states, 1).mean(1)[:, ::frame_step]`
         (a running sum divided by the count adds in the same order as that mean)."""
-        features, lengths = self.feature_extractor(waveform, lengths)
+        embedded, lengths = self._embed(waveform, lengths)
         # Half-precision means accumulate in float32, as torch.mean does.
         accumulate = torch.float32 if waveform.dtype in (torch.float16, torch.bfloat16) else waveform.dtype
         total, count = None, 0
-        for state in self.encoder.hidden_states(self.feature_projection(features.transpose(1, 2)), lengths):
+        for state in self.encoder.hidden_states(embedded, lengths):
             state = state[:, ::frame_step]
             total = state.to(accumulate, copy=True) if total is None else total.add_(state)
             count += 1

@@ -62,8 +62,9 @@ class UpsamplingConv1d(nn.ConvTranspose1d):
     kernel 2 and stride × out_channels outputs, whose phases are then
     interleaved, computes the same thing as a dense matrix product, where the
     CPU's transposed-conv kernels run at a third to two thirds of the speed on
-    the decoder's layers (a GPU keeps cuDNN's transposed conv). The result equals `ConvTranspose1d` up to float rounding
-    (the sums are ordered differently); the weights keep the checkpoint layout.
+    the decoder's layers (a GPU keeps cuDNN's transposed conv). The result equals
+    `ConvTranspose1d` up to float rounding (the sums are ordered differently);
+    the weights keep the checkpoint layout.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -148,9 +148,7 @@ def tokenize_dataset(
 
     source, output = Path(source), Path(output)
     items, out, plan, pending = open_job(source, output, tokenizer, shard_size, bandwidth, overwrite, columns)
-    done_items = plan.num_items - sum(len(plan.shard_range(k)) for k in pending)
-    bar = _progress(plan.num_items, done_items, progress)
-    started, audio_seconds = time.perf_counter(), 0.0
+    bar = Progress(plan, pending, progress)
     context = multiprocessing.get_context("spawn")  # workers never inherit the model or its threads
     with context.Pool(workers or default_workers(), initializer=_start_worker, initargs=(plan.sample_rate,)) as pool:
         def submit(shard: int):
@@ -164,19 +162,31 @@ def tokenize_dataset(
             shard_items = [items[i] for i in plan.shard_range(shard)]
             rows, failed = encode_shard(tokenizer, shard_items, decoded, bandwidth)
             out.commit(shard, rows, failed, plan)
-            audio_seconds += sum(r["num_samples"] for r in rows) / plan.sample_rate
-            if bar is not None:
-                hours_per_hour = audio_seconds / max(time.perf_counter() - started, 1e-9)
-                bar.set_postfix_str(f"{hours_per_hour:.1f} h audio/h, {len(failed)} errors in shard {shard}", refresh=False)
-                bar.update(len(shard_items))
-    if bar is not None:
-        bar.close()
+            bar.shard_committed(shard, rows, failed)
+    bar.close()
     return out.finish(plan, tokenizer.config.to_dict(), bandwidth, __version__)
 
 
-def _progress(total: int, initial: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm
+class Progress:
+    """The job's progress bar (items/s and ETA from tqdm, audio hours per hour beside them),
+    starting from the items already committed; silent when disabled."""
 
-    return tqdm(total=total, initial=initial, unit="item", desc="tokenize", dynamic_ncols=True)
+    def __init__(self, plan: Plan, pending: list[int], enabled: bool):
+        self.plan, self.started, self.audio_seconds = plan, time.perf_counter(), 0.0
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            done = plan.num_items - sum(len(plan.shard_range(k)) for k in pending)
+            self.bar = tqdm(total=plan.num_items, initial=done, unit="item", desc="tokenize", dynamic_ncols=True)
+
+    def shard_committed(self, shard: int, rows: list[dict], failed: list[dict]) -> None:
+        self.audio_seconds += sum(r["num_samples"] for r in rows) / self.plan.sample_rate
+        if self.bar is not None:
+            hours_per_hour = self.audio_seconds / max(time.perf_counter() - self.started, 1e-9)
+            self.bar.set_postfix_str(f"{hours_per_hour:.1f} h audio/h, {len(failed)} errors in shard {shard}", refresh=False)
+            self.bar.update(len(self.plan.shard_range(shard)))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

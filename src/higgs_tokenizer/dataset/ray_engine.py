@@ -13,12 +13,11 @@ storage mounted on the head node, or any local disk of the driver's machine).
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 
-from .local import _progress, _reason, encode_shard, open_job
+from .local import Progress, _reason, encode_shard, open_job
 from .sources import AudioReader, Columns, Item
 
 _ITEM_FIELDS = ("index", "id", "source", "path", "parquet_file", "parquet_row", "parquet_column")
@@ -126,9 +125,7 @@ def tokenize_dataset_ray(
     tokenizer = HiggsAudioTokenizer.from_pretrained(model, dtype=dtype)
     items, out, plan, pending = open_job(source, output, tokenizer, shard_size, bandwidth, overwrite, columns)
     remaining = {k: len(plan.shard_range(k)) for k in pending}
-    done_items = plan.num_items - sum(remaining.values())
-    bar = _progress(plan.num_items, done_items, progress)
-    started, audio_seconds = time.perf_counter(), 0.0
+    bar = Progress(plan, pending, progress)
     if pending:
         if not ray.is_initialized():
             ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
@@ -162,11 +159,7 @@ def tokenize_dataset_ray(
                         shard_rows.append({"id": item.id, "codes": codes, "num_samples": int(got["num_samples"]),
                                            "source": item.source, "extra": item.extra})
                 out.commit(shard, shard_rows, failed, plan)
-                audio_seconds += sum(r["num_samples"] for r in shard_rows) / plan.sample_rate
+                bar.shard_committed(shard, shard_rows, failed)
                 del results[shard]
-                if bar is not None:
-                    bar.set_postfix_str(f"{audio_seconds / max(time.perf_counter() - started, 1e-9):.1f} h audio/h", refresh=False)
-                    bar.update(len(plan.shard_range(shard)))
-    if bar is not None:
-        bar.close()
+    bar.close()
     return out.finish(plan, tokenizer.config.to_dict(), bandwidth, __version__)
