@@ -41,6 +41,16 @@ def load_cases(name: str) -> dict:
     return _cases[name]
 
 
+_extra: dict = {}
+
+
+def load_extra() -> dict:
+    """More reference outputs, made by scripts/make_extra_fixtures.py (keys in its docstring)."""
+    if not _extra:
+        _extra.update(load_file(DATA / "reference_extra.safetensors"))
+    return _extra
+
+
 def case_lengths(name: str) -> list[int]:
     return load_cases(name)["batch_lengths"].tolist()
 

@@ -1,9 +1,11 @@
-"""Exact batched encoding: a padded batch with its mask gives every item what it gets alone."""
+"""Exact batched encoding: a padded batch with its mask gives every item what it gets alone,
+which under the default length rule is its clip right-padded to a whole hop (the feature
+extractor's single-clip input; `model.valid_length`)."""
 
 import numpy as np
 import pytest
 import torch
-from conftest import assert_audio_close, assert_codes_match, audio_file, case_lengths, load_cases, load_model
+from conftest import assert_audio_close, assert_codes_match, audio_file, case_lengths, load_cases, load_extra, load_model
 
 from higgs_tokenizer.audio import load_audio
 from higgs_tokenizer.tokenizer import HiggsAudioTokenizer
@@ -22,6 +24,11 @@ def relative(a, b):
     return float((a - b).norm() / b.norm())
 
 
+def alone(clip: torch.Tensor, hop: int) -> torch.Tensor:
+    """`[1, 1, samples]`: the clip as the feature extractor pads it on its own."""
+    return torch.nn.functional.pad(clip, (0, -len(clip) % hop))[None, None]
+
+
 @torch.inference_mode()
 def test_fixture_batch_gives_each_clip_its_own_codes(fixture_name):
     model, cases = load_model(fixture_name), load_cases(fixture_name)
@@ -31,15 +38,15 @@ def test_fixture_batch_gives_each_clip_its_own_codes(fixture_name):
     embeddings, frames = model.embed(x, mask)
     assert torch.equal(out.code_lengths, frames)
     for i, n in enumerate(lengths):
-        reference = cases[f"codes_{n}"]
+        reference = cases[f"fe_codes_{n}"]
         assert int(out.code_lengths[i]) == reference.shape[1]
-        assert_codes_match(out.audio_codes[i, :, : reference.shape[1]], reference, cases[f"margin_{n}"])
+        assert_codes_match(out.audio_codes[i, :, : reference.shape[1]], reference, cases[f"fe_margin_{n}"])
         assert (out.audio_codes[i, :, reference.shape[1] :] == 0).all()
-        alone, _ = model.embed(cases[f"input_{n}"][None, None])
+        single, _ = model.embed(cases[f"fe_input_values_{n}"][None, None])
         # The tiny model's 4-channel convs amplify float32 rounding that depends on the batch
         # shape (an equal-length batch of one clip repeated shows it too); at full size the
         # difference is about 1e-6 (docs/batching.md).
-        assert relative(embeddings[i, : reference.shape[1]], alone[0]) < 1e-4
+        assert relative(embeddings[i, : reference.shape[1]], single[0]) < 1e-4
 
 
 @torch.inference_mode()
@@ -50,8 +57,9 @@ def test_feature_extractor_batch_with_its_mask(fixture_name):
     out = model.encode(cases["batch_fe_input_values"], padding_mask=cases["batch_fe_padding_mask"])
     differs_from_reference = False
     for i, n in enumerate(case_lengths(fixture_name)):
-        reference = cases[f"codes_{n}"]
-        assert_codes_match(out.audio_codes[i, :, : reference.shape[1]], reference, cases[f"margin_{n}"])
+        reference = cases[f"fe_codes_{n}"]
+        assert int(out.code_lengths[i]) == reference.shape[1]
+        assert_codes_match(out.audio_codes[i, :, : reference.shape[1]], reference, cases[f"fe_margin_{n}"])
         unmasked = cases["batch_reference_codes"][i, :, : reference.shape[1]]
         differs_from_reference |= not torch.equal(unmasked, reference)
     assert differs_from_reference  # the mask matters on this batch
@@ -74,13 +82,13 @@ def test_real_speech_random_lengths_and_batch_sizes():
         out = model.encode(x, padding_mask=mask)
         embeddings, frames = model.embed(x, mask)
         for i, clip in enumerate(clips):
-            alone = torch.from_numpy(clip)[None, None]
-            codes = model.encode(alone).audio_codes[0]
+            single = alone(torch.from_numpy(clip), model.config.hop_length)
+            codes = model.encode(single).audio_codes[0]
             t = codes.shape[1]
             assert int(frames[i]) == t
             equal += int((out.audio_codes[i, :, :t] == codes).sum())
             total += codes.numel()
-            worst = max(worst, relative(embeddings[i, :t], model.embed(alone)[0][0]))
+            worst = max(worst, relative(embeddings[i, :t], model.embed(single)[0][0]))
     assert worst < 1e-4
     assert equal / total >= 0.999, equal / total
 
@@ -95,11 +103,15 @@ def test_forward_and_decode_with_lengths(fixture_name):
     decoded = model.decode(encoded.audio_codes, code_lengths=encoded.code_lengths).audio_values
     hop = model.config.hop_length
     for i, n in enumerate(lengths):
-        alone = cases[f"forward_{n}"]  # cut to the input, or shorter when the frames end first
-        assert_audio_close(audio[i, 0, : len(alone)], alone)
-        assert (audio[i, 0, len(alone) :] == 0).all()
+        reference = load_extra()[f"{fixture_name}/fe_forward_{n}"]  # the padded clip's forward pass
         t = int(encoded.code_lengths[i])
-        assert_audio_close(decoded[i, 0, : t * hop], cases[f"decoded_{n}"])
+        assert torch.equal(encoded.audio_codes[i, :, :t], cases[f"fe_codes_{n}"])  # no near ties here
+        # Audio is cut to the batch's width, here shorter than the last clip's padded length.
+        assert_audio_close(audio[i, 0, : len(reference)], reference[: audio.shape[-1]])
+        assert (audio[i, 0, len(reference) :] == 0).all()
+        single = model.decode(encoded.audio_codes[i : i + 1, :, :t]).audio_values[0, 0]
+        assert_audio_close(decoded[i, 0, : t * hop], single)
+        assert (decoded[i, 0, t * hop :] == 0).all()
 
 
 def test_bad_padding_masks():
@@ -112,9 +124,13 @@ def test_bad_padding_masks():
     with pytest.raises(ValueError, match="right padding only"):
         model.encode(x, padding_mask=holes)
     short = torch.ones(2, 2000, dtype=torch.long)
-    short[1, 100:] = 0
+    short[1, 100:] = 0  # padded to a hop under the default rule; too short under the original
     with pytest.raises(ValueError, match="item 1 of the batch has 100 samples: too short"):
-        model.encode(x, padding_mask=short)
+        model.encode(x, padding_mask=short, length_rule="original")
+    empty = torch.ones(2, 2000, dtype=torch.long)
+    empty[0] = 0
+    with pytest.raises(ValueError, match="item 0 of the batch has 0 samples: too short"):
+        model.encode(x, padding_mask=empty)
 
 
 @torch.inference_mode()

@@ -57,17 +57,18 @@ def test_directory_corpus_with_bad_files(tmp_path, tokenizer, speech):
     corpus = tmp_path / "corpus"
     good = make_corpus(corpus, speech, 7)
     (corpus / "spk0" / "broken.wav").write_text("not audio")
-    sf.write(corpus / "tiny.wav", speech[:50], RATE)  # shorter than the model's shortest input
+    sf.write(corpus / "tiny.wav", speech[:50], RATE)  # padded to a hop, as `encode` pads it: one frame
+    sf.write(corpus / "empty.wav", speech[:0], RATE)
     manifest = tokenize_dataset(corpus, tmp_path / "out", tokenizer, shard_size=3, workers=1, progress=False)
 
-    assert manifest["counts"] == {"items": 9, "encoded": 7, "errors": 2}, manifest["errors"]
-    assert len(manifest["shards"]) == 3 and manifest["model"]["config_sha256"] == tokenizer.identity.config_sha256
+    assert manifest["counts"] == {"items": 10, "encoded": 8, "errors": 2}, manifest["errors"]
+    assert len(manifest["shards"]) == 4 and manifest["model"]["config_sha256"] == tokenizer.identity.config_sha256
     table, errors = read_output(tmp_path / "out")
-    assert sorted(table.column("id").to_pylist()) == sorted(good)
+    assert sorted(table.column("id").to_pylist()) == sorted(good + ["tiny.wav"])
     assert table.schema.field("codes").type == pa.list_(pa.list_(pa.int16()))
     assert {e["id"]: e["error"] for e in errors} == {
         "spk0/broken.wav": "not a readable audio file (Format not recognised.)",
-        "tiny.wav": f"too short: 50 samples at 24000 Hz (the shortest is {tokenizer.model.min_input_length()})",
+        "empty.wav": "contains no audio samples",
     }
     for row in table.to_pylist():
         codes = np.array(row["codes"])

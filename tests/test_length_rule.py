@@ -5,12 +5,11 @@ which runs the original's steps with the transformers modules."""
 
 import pytest
 import torch
-from conftest import DATA, fixture_dir, load_model
-from safetensors.torch import load_file
+from conftest import fixture_dir, load_extra, load_model
 
 from higgs_tokenizer import HiggsAudioV2TokenizerConfig, HiggsAudioV2TokenizerModel
 
-CASES = load_file(DATA / "reference_extra.safetensors")
+CASES = load_extra()
 
 
 def _inputs(name):

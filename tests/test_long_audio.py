@@ -43,10 +43,12 @@ def test_window_plan_tiles_the_frames():
 @torch.inference_mode()
 @pytest.mark.parametrize("rule,trim", [("transformers", 0), ("original", 0), ("original", 123), ("transformers", 123)])
 def test_stitching_is_frame_exact(conv_only_model, speech, rule, trim):
-    """Odd lengths included: the length rule's padding is decided once and both branches
-    are cut on the one-shot frame grid."""
+    """Odd lengths included: the recording is encoded as a clip alone (at its valid length),
+    the length rule's padding is decided once, and both branches are cut on the one-shot
+    frame grid."""
     samples = speech[: 24000 * 20 - trim]
-    one_shot = conv_only_model.encode(torch.from_numpy(samples)[None, None], length_rule=rule).audio_codes[0]
+    clip = np.pad(samples, (0, conv_only_model.valid_length(len(samples), rule) - len(samples)))
+    one_shot = conv_only_model.encode(torch.from_numpy(clip)[None, None], length_rule=rule).audio_codes[0]
     windowed = encode_long(
         conv_only_model, SampleSource.from_array(samples), length_rule=rule, window_seconds=3, context_seconds=3
     )
@@ -86,7 +88,7 @@ def test_long_file_is_streamed_with_a_bounded_buffer(speech, tmp_path):
         return out
 
     source.read = watched
-    streamed = tokenizer.encode_clips([source.padded_to(960)])[0]
+    streamed = tokenizer.encode_clips([source])[0]
     assert largest <= 24000 * (8 + 2 * 2 + 10) + 960  # a window, its context and one read block
     in_memory = tokenizer.encode(load_audio(path, 24000)[0], sample_rate=24000)
     assert torch.equal(streamed, in_memory)  # soxr streamed = soxr whole

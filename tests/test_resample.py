@@ -3,12 +3,11 @@ scripts/make_extra_fixtures.py in the reference environment)."""
 
 import pytest
 import torch
-from conftest import DATA
-from safetensors.torch import load_file
+from conftest import load_extra
 
 from higgs_tokenizer import resample
 
-CASES = load_file(DATA / "reference_extra.safetensors")
+CASES = load_extra()
 PAIRS = sorted({tuple(int(p) for p in k.split("_")[1:3]) for k in CASES if k.startswith("resample_")})
 
 

@@ -267,7 +267,7 @@ def cmd_info(args) -> int:
         ("codebooks", f"{config.num_quantizers} x {config.codebook_size} (dim {config.codebook_dim})"),
         ("bandwidths", bandwidths),
         ("length rule", config.length_rule),
-        ("shortest input", f"{tokenizer.model.min_input_length()} samples"),
+        ("shortest clip", f"{tokenizer.model.shortest_clip()} samples (unpadded tensors: {tokenizer.model.min_input_length()})"),
         ("config sha256", tokenizer.identity.config_sha256),
     ]
     for key, value in rows:

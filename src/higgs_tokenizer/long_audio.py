@@ -38,8 +38,7 @@ class SampleSource:
     """
 
     def __init__(self, chunks: Iterator[np.ndarray], length: int):
-        self.length = length  # what readers see; zeros past the audio
-        self.num_samples = length  # the audio itself
+        self.num_samples = length
         self._chunks = chunks
         self._buffer = np.zeros(0, dtype=np.float32)
         self._buffer_start = 0  # index of _buffer[0]
@@ -49,11 +48,6 @@ class SampleSource:
         samples = np.asarray(samples, dtype=np.float32)
         return cls(iter([samples]), len(samples))
 
-    def padded_to(self, multiple: int) -> "SampleSource":
-        """Report a length rounded up to `multiple`, the extra samples being zeros."""
-        self.length = -(-self.num_samples // multiple) * multiple
-        return self
-
     def read(self, start: int, stop: int) -> np.ndarray:
         if start < self._buffer_start:
             raise ValueError("SampleSource reads must move forwards")
@@ -62,7 +56,7 @@ class SampleSource:
             chunk = next(self._chunks, None)
             if chunk is None:
                 raise ValueError(
-                    f"the audio ended after {self._buffer_start + len(self._buffer)} samples, {self.length} expected"
+                    f"the audio ended after {self._buffer_start + len(self._buffer)} samples, {self.num_samples} expected"
                 )
             self._buffer = np.concatenate([self._buffer, np.asarray(chunk, dtype=np.float32)])
         # Forget what no later read can ask for.
@@ -93,12 +87,13 @@ def encode_long(
     window_seconds: float = WINDOW_SECONDS,
     context_seconds: float = CONTEXT_SECONDS,
 ) -> torch.Tensor:
-    """Codes `[n_q, frames]` of the whole recording in `source`, window by window."""
+    """Codes `[n_q, frames]` of the whole recording in `source`, window by window, encoded
+    as the clip alone: at the model's `valid_length` (zeros past the recording)."""
     config = model.config
     rule = model._length_rule(length_rule)
     num_quantizers = config.num_quantizers_for_bandwidth(bandwidth)
     hop = config.hop_length
-    n = source.length
+    n = model.valid_length(source.num_samples, rule)
     window_frames = max(1, round(window_seconds * config.frame_rate))
     context_frames = max(0, round(context_seconds * config.frame_rate))
     if n < model.min_input_length(rule):

@@ -15,6 +15,7 @@ import math
 import os
 from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -196,10 +197,11 @@ class HiggsAudioV2TokenizerModel(nn.Module):
         """Pre-quantization embeddings `[B, frames, hidden]` (after `fc`) and each item's frame count `[B]`.
 
         With `padding_mask` (`[B, samples]`, 1 for audio, right padding) every item gets
-        exactly what it would get alone; frames past an item's count are padding.
+        exactly what it would get alone (see `valid_length`); frames past an item's count
+        are padding.
         """
         length_rule = self._length_rule(length_rule)
-        lengths = self._valid_lengths(input_values, padding_mask)
+        input_values, lengths = self._encoding_input(input_values, padding_mask, length_rule)
         batch = input_values.shape[0]
         sample_counts = lengths.tolist() if lengths is not None else [input_values.shape[-1]] * batch
         semantic_counts = [self.semantic_frames(n) for n in sample_counts]
@@ -213,6 +215,39 @@ class HiggsAudioV2TokenizerModel(nn.Module):
             for i, (n, p) in enumerate(zip(sample_counts, pads)):
                 acoustic_input[i, :, p : p + n] = input_values[i, :, :n]
         return self.embed_branches(input_values, lengths, acoustic_input, acoustic_lengths, length_rule)
+
+    def valid_length(self, num_samples, length_rule: str | None = None):
+        """The samples a clip of `num_samples` is encoded from when it is encoded alone
+        (an int, or a tensor of per-item lengths).
+
+        Under the transformers rule a clip alone is what the feature extractor makes of it:
+        right-padded with zeros to a whole hop, so `model(**feature_extractor(clip))` is the
+        reference's forward pass. Under the original rule it is the clip as it is: Boson AI's
+        `encode` takes unpadded audio. Masked batches, the high-level API, long recordings
+        and the corpus pipeline all encode each clip at this length.
+        """
+        if self._length_rule(length_rule) == "original":
+            return num_samples
+        hop = self.config.hop_length
+        return -(-num_samples // hop) * hop
+
+    def _encoding_input(self, input_values, padding_mask, length_rule: str):
+        """The batch that is encoded, and each item's valid length (None: every item fills it).
+
+        With a mask, each item is cut at its mask and extended with zeros to its
+        `valid_length`, right-padding the batch where an item's valid length passes its end.
+        """
+        if padding_mask is None:
+            return input_values, None
+        audio = self._mask_lengths(input_values, padding_mask)
+        lengths = self.valid_length(audio, length_rule)
+        input_values = zero_padding(input_values, audio.to(input_values.device))
+        width = int(lengths.max())
+        if width > input_values.shape[-1]:
+            input_values = F.pad(input_values, (0, width - input_values.shape[-1]))
+        else:
+            input_values = input_values[..., :width]
+        return input_values, None if bool((lengths == width).all()) else lengths
 
     def embed_branches(self, semantic_input, semantic_lengths, acoustic_input, acoustic_lengths, length_rule: str):
         """Embeddings from the waveform each branch sees: the acoustic input already carries
@@ -255,9 +290,10 @@ class HiggsAudioV2TokenizerModel(nn.Module):
         `bandwidth` (kbps) must be one of `config.target_bandwidths`; default the highest.
         `length_rule` overrides `config.length_rule` for this call. `padding_mask`
         (`[batch, samples]`, 1 for audio, 0 for right padding) makes a padded batch exact:
-        each item's codes are those it gets alone, and `code_lengths` says how many
-        frames it has (later frames are 0). Without it, padding is encoded as audio,
-        as the reference does.
+        each item's codes are those of its clip alone, encoded at its `valid_length` (by
+        default right-padded to a whole hop, as the feature extractor pads one clip), and
+        `code_lengths` says how many frames it has (later frames are 0). Without a mask the
+        whole tensor is encoded as audio, as the reference does.
         """
         num_quantizers = self.config.num_quantizers_for_bandwidth(bandwidth)
         input_values = self._check_waveform(input_values, length_rule, padding_mask)
@@ -304,8 +340,10 @@ class HiggsAudioV2TokenizerModel(nn.Module):
         """Encode (unless `audio_codes` is given) and decode; audio is cut to the input length.
 
         With `padding_mask` (`[batch, samples]`, as the feature extractor returns it) each
-        item is encoded and decoded exactly as alone, and its audio past its own length is
-        zero. (The reference ignores the mask and encodes the padding as audio.)
+        item is encoded and decoded exactly as its clip alone (see `valid_length`), and its
+        audio past its valid length is zero: for one clip from the feature extractor this is
+        the reference's forward pass, and `decode(encode(input_values))` cut to the input.
+        (The reference ignores the mask: in a padded batch it encodes the padding as audio.)
         """
         length = input_values.shape[-1]
         code_lengths = None
@@ -314,17 +352,33 @@ class HiggsAudioV2TokenizerModel(nn.Module):
             audio_codes, code_lengths = encoded.audio_codes, encoded.code_lengths
         audio_values = self.decode(audio_codes, return_dict=False, code_lengths=code_lengths)[..., :length]
         if padding_mask is not None:
-            audio_values = zero_padding(audio_values, self._valid_lengths(input_values, padding_mask, keep_full=True))
+            valid = self.valid_length(self._mask_lengths(input_values, padding_mask), length_rule)
+            audio_values = zero_padding(audio_values, valid)
         return self._wrap(HiggsAudioV2TokenizerOutput(audio_codes, audio_values), return_dict)
 
     # ----------------------------------------------------------- validation
     def min_input_length(self, length_rule: str | None = None) -> int:
-        """The shortest waveform (in samples at `config.sample_rate`) that `encode` accepts."""
+        """The shortest waveform (in samples at `config.sample_rate`) that `encode` accepts
+        without a mask. A masked item is encoded at its `valid_length`, which is at least a
+        hop under the transformers rule: then one sample is enough."""
         length_rule = self._length_rule(length_rule)
         cache = self.__dict__.setdefault("_min_input_length", {})
         if length_rule not in cache:
             n = 1
             while self.code_frames(n, length_rule) < 1:
+                n += 1
+            cache[length_rule] = n
+        return cache[length_rule]
+
+    def shortest_clip(self, length_rule: str | None = None) -> int:
+        """The fewest samples a clip needs to be encoded alone, at its `valid_length`: 1 under
+        the transformers rule (a clip is padded to a whole hop), `min_input_length` under the
+        original rule. The high-level API and the corpus pipeline apply this rule."""
+        length_rule = self._length_rule(length_rule)
+        cache = self.__dict__.setdefault("_shortest_clip", {})
+        if length_rule not in cache:
+            n = 1
+            while self.code_frames(self.valid_length(n, length_rule), length_rule) < 1:
                 n += 1
             cache[length_rule] = n
         return cache[length_rule]
@@ -361,22 +415,17 @@ class HiggsAudioV2TokenizerModel(nn.Module):
             raise ValueError(f"length_rule must be one of {LENGTH_RULES}, got {length_rule!r}")
         return length_rule
 
-    def _valid_lengths(self, input_values, padding_mask, keep_full: bool = False) -> torch.Tensor | None:
-        """Each item's number of audio samples from a right-padding mask; None when there
-        is no mask or every item fills the batch (and nothing needs masking)."""
-        if padding_mask is None:
-            return None
+    def _mask_lengths(self, input_values, padding_mask) -> torch.Tensor:
+        """Each item's number of audio samples `[B]` (CPU, int64) from a right-padding mask."""
         batch, num_samples = input_values.shape[0], input_values.shape[-1]
-        if not isinstance(padding_mask, torch.Tensor) or tuple(padding_mask.shape) != (batch, num_samples):
-            shape = tuple(padding_mask.shape) if isinstance(padding_mask, torch.Tensor) else type(padding_mask).__name__
+        if not isinstance(padding_mask, (torch.Tensor, np.ndarray)) or tuple(padding_mask.shape) != (batch, num_samples):
+            shape = tuple(padding_mask.shape) if hasattr(padding_mask, "shape") else type(padding_mask).__name__
             raise ValueError(f"padding_mask has shape {shape}, expected {(batch, num_samples)} (batch, samples)")
-        mask = padding_mask.to(torch.long).cpu()
+        mask = torch.as_tensor(padding_mask).to(torch.long).cpu()
         lengths = mask.sum(-1)
         expected = (torch.arange(num_samples) < lengths[:, None]).long()
         if not torch.equal(mask, expected):
             raise ValueError("padding_mask must be 1 for the audio then 0 for the padding (right padding only)")
-        if not keep_full and bool((lengths == num_samples).all()):
-            return None
         return lengths
 
     def _check_waveform(self, input_values, length_rule: str | None = None, padding_mask=None) -> torch.Tensor:
@@ -399,11 +448,14 @@ class HiggsAudioV2TokenizerModel(nn.Module):
             raise ValueError(f"input_values is empty: shape {tuple(input_values.shape)}")
         if not torch.isfinite(input_values).all():
             raise ValueError("input_values contains NaN or infinite samples")
-        lengths = self._valid_lengths(input_values, padding_mask, keep_full=True)
         shortest = self.min_input_length(length_rule)
-        for i, n in enumerate(lengths.tolist() if lengths is not None else [num_samples]):
+        if padding_mask is None:
+            counts = [num_samples]
+        else:
+            counts = self.valid_length(self._mask_lengths(input_values, padding_mask), length_rule).tolist()
+        for i, n in enumerate(counts):
             if n < shortest:
-                item = f"item {i} of the batch has {n} samples" if lengths is not None else f"input of {n} samples"
+                item = f"item {i} of the batch has {n} samples" if padding_mask is not None else f"input of {n} samples"
                 raise ValueError(
                     f"{item}: too short: the shortest this model encodes is "
                     f"{shortest} samples ({shortest / self.config.sample_rate * 1000:.1f} ms)"

@@ -136,7 +136,8 @@ class HiggsAudioTokenizer:
         """Codes `[num_quantizers, frames]` (int64, CPU) for one input, or a list of them for a list.
 
         Each item's codes cover exactly that item: with the default length rule the
-        audio is right-padded to a whole frame, as the feature extractor does.
+        audio is right-padded to a whole frame, as the feature extractor does
+        (`model.valid_length`).
         """
         return self._encode(x, sample_rate, bandwidth, loudness, lambda codes, samples, item: codes)
 
@@ -177,19 +178,16 @@ class HiggsAudioTokenizer:
     @torch.inference_mode()
     def encode_clips(self, clips: Sequence, bandwidth: float | None = None) -> list[torch.Tensor]:
         """Codes for mono clips at the model's rate (arrays or `SampleSource`s), each exactly
-        as if alone: clips are sorted by length and batched with padding masks; long
-        recordings are encoded in windows."""
-        pad_to_frame = self.config.length_rule == "transformers"
+        as if alone (at the model's `valid_length`): clips are sorted by length and batched
+        with padding masks; long recordings are encoded in windows."""
         results: list[torch.Tensor | None] = [None] * len(clips)
         short = []
         for i, clip in enumerate(clips):
             if isinstance(clip, SampleSource) or self._is_long(len(clip)):
                 source = clip if isinstance(clip, SampleSource) else SampleSource.from_array(clip)
-                if pad_to_frame:
-                    source.padded_to(self.hop_length)
                 results[i] = self._encode_long(source, bandwidth)
             else:
-                short.append((i, _pad_to_multiple(clip, self.hop_length) if pad_to_frame else clip))
+                short.append((i, clip))
         short.sort(key=lambda item: -len(item[1]))  # neighbours in length share a batch: little padding
         for first in range(0, len(short), self.batch_size):
             group = short[first : first + self.batch_size]
@@ -306,8 +304,3 @@ def _as_mono_float(x) -> np.ndarray:
 def num_samples(clip) -> int:
     """Samples of a loaded clip: an array or a streamed `SampleSource`."""
     return clip.num_samples if isinstance(clip, SampleSource) else len(clip)
-
-
-def _pad_to_multiple(samples: np.ndarray, multiple: int) -> np.ndarray:
-    extra = -len(samples) % multiple
-    return np.pad(samples, (0, extra)) if extra else samples

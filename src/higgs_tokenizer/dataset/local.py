@@ -83,7 +83,7 @@ def prepare_output(output: Path, overwrite: bool) -> OutputDir:
 
 def encode_shard(tokenizer, items: list[Item], decoded: list, bandwidth: float | None) -> tuple[list[dict], list[dict]]:
     """Rows for the items that encode and error records for those that do not, in item order."""
-    shortest = tokenizer.model.min_input_length()
+    shortest = tokenizer.model.shortest_clip()
     codes: dict[int, np.ndarray] = {}
     errors: dict[int, str] = {}
     good = []
