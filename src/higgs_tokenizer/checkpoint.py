@@ -27,6 +27,7 @@ import torch
 from .atomic import write_atomic
 from .config import HiggsAudioV2TokenizerConfig, HubertConfig
 from .layers import fold_weight_norm, split_weight_norm
+from .quantizer import codebooks_sha256
 
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"
@@ -451,7 +452,9 @@ def load_pretrained(model_cls, name_or_path, *, device=None, dtype=None, config_
     state = validate_state_dict(state, model.state_dict(), str(directory))
     # assign=True adopts the loaded tensors instead of copying them into fresh ones.
     model.load_state_dict(state, strict=True, assign=True)
+    stored_codebooks = codebooks_sha256(q.codebook.embed for q in model.quantizer.quantizers)
     model.to(device=device, dtype=dtype)
+    model.record_loaded_codebooks(stored_codebooks)
     return model.eval()
 
 

@@ -171,23 +171,13 @@ def cmd_encode(args) -> int:
 def _encode_batch(tokenizer, pending, args, report: Report, bar) -> None:
     if not pending:
         return
-    clips = [clip for _, clip in pending]
-    try:
-        all_codes = tokenizer.encode_clips(clips, args.bandwidth)
-    except Exception:
-        # One bad clip (too short, say) must not take the others down: retry them one by one.
-        all_codes = []
-        for _, clip in pending:
-            try:
-                all_codes.append(tokenizer.encode_clips([clip], args.bandwidth)[0])
-            except Exception as err:
-                all_codes.append(err)
+    all_codes = tokenizer.try_encode_clips([clip for _, clip in pending], args.bandwidth)
     for (job, clip), codes in zip(pending, all_codes):
         bar.update(1)
         if isinstance(codes, Exception):
             report.fail(job.source, _message(codes), bar)
             continue
-        result = tokenizer.encoded(codes, num_samples(clip), str(job.source))
+        result = tokenizer.as_encoded_audio(codes, num_samples(clip), str(job.source))
         try:
             result.save(job.output)
         except Exception as err:

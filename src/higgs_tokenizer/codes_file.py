@@ -57,10 +57,7 @@ class ModelIdentity:
         architecture["acoustic_model_config"] = dataclasses.replace(config.acoustic_model_config, extra={})
         architecture["semantic_model_config"] = dataclasses.replace(config.semantic_model_config, extra={})
         config_hash = hashlib.sha256(json.dumps(architecture, sort_keys=True, default=repr).encode()).hexdigest()
-        codebooks = hashlib.sha256()
-        for quantizer in model.quantizer.quantizers:
-            codebooks.update(quantizer.codebook.embed.detach().float().cpu().contiguous().numpy().tobytes())
-        return cls(name=name, config_sha256=config_hash, codebooks_sha256=codebooks.hexdigest())
+        return cls(name=name, config_sha256=config_hash, codebooks_sha256=model.codebooks_sha256())
 
 
 @dataclass

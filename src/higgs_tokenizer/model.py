@@ -24,7 +24,7 @@ from .acoustic import AcousticDecoder, AcousticEncoder
 from .config import LENGTH_RULES, HiggsAudioV2TokenizerConfig
 from .hubert import HubertModel
 from .layers import Snake1d, conv_stack_output_length, snake_reference, zero_padding
-from .quantizer import ResidualVectorQuantizer
+from .quantizer import ResidualVectorQuantizer, codebooks_sha256
 from .resample import resample
 from .runtime import full_float32, tune_cpu_allocator
 from .semantic import SemanticDecoder, SemanticEncoder
@@ -149,6 +149,21 @@ class HiggsAudioV2TokenizerModel(nn.Module):
             if isinstance(module, Snake1d):
                 module.kernel = kernel
         return self
+
+    def codebooks_sha256(self) -> str:
+        """The digest that identifies this model's codebooks in codes files: of the codebooks as
+        the checkpoint stores them (recorded at load, before any cast), so that codes encoded
+        in one dtype decode with the same checkpoint loaded in another."""
+        current = codebooks_sha256(q.codebook.embed for q in self.quantizer.quantizers)
+        stored, as_loaded = self.__dict__.get("_loaded_codebooks_sha256", (None, None))
+        # The stored digest stands only while the codebooks are those that were loaded.
+        return stored if as_loaded == current else current
+
+    def record_loaded_codebooks(self, stored_sha256: str) -> None:
+        """Called by the loader once the weights are in place, with the digest of the codebooks
+        as the checkpoint stores them."""
+        current = codebooks_sha256(q.codebook.embed for q in self.quantizer.quantizers)
+        self.__dict__["_loaded_codebooks_sha256"] = (stored_sha256, current)
 
     @property
     def device(self) -> torch.device:

@@ -3,6 +3,8 @@ space, picks the nearest codeword (Euclidean), and projects it back."""
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -72,3 +74,16 @@ class ResidualVectorQuantizer(nn.Module):
         for i in range(1, codes.shape[1]):
             total = total + self.quantizers[i].decode(codes[:, i])
         return total
+
+
+def codebooks_sha256(codebooks) -> str:
+    """SHA-256 of codebooks (`embed` tensors, in quantizer order) as float32 bytes.
+
+    A model's identity in codes files. float32 holds every value of a float16,
+    bfloat16 or float32 checkpoint exactly, so hashing the checkpoint's codebooks
+    as stored gives one digest whatever dtype the model is then loaded in.
+    """
+    digest = hashlib.sha256()
+    for embed in codebooks:
+        digest.update(embed.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -147,12 +147,13 @@ class HiggsAudioTokenizer:
 
         def wrap(codes, samples: int, item):
             name = source if source is not None else (os.fspath(item) if isinstance(item, (str, os.PathLike)) else "")
-            return self.encoded(codes, samples, name)
+            return self.as_encoded_audio(codes, samples, name)
 
         return self._encode(x, sample_rate, bandwidth, loudness, wrap)
 
-    def encoded(self, codes: torch.Tensor, num_samples: int, source: str = "") -> EncodedAudio:
-        """Codes of a clip of `num_samples` samples (at the model's rate), with this model's metadata."""
+    def as_encoded_audio(self, codes: torch.Tensor, num_samples: int, source: str = "") -> EncodedAudio:
+        """An `EncodedAudio`: codes of a clip of `num_samples` samples (at the model's rate) with
+        this model's metadata, as a codes file holds them."""
         return EncodedAudio(
             codes=codes,
             num_samples=num_samples,
@@ -181,6 +182,14 @@ class HiggsAudioTokenizer:
         as if alone (at the model's `valid_length`): clips are sorted by length and batched
         with padding masks; long recordings are encoded in windows."""
         results: list[torch.Tensor | None] = [None] * len(clips)
+        shortest = self.model.shortest_clip()
+        for i, clip in enumerate(clips):
+            if num_samples(clip) < shortest:
+                where = f"clip {i} of {len(clips)}" if len(clips) > 1 else "the clip"
+                raise ValueError(
+                    f"{where} has {num_samples(clip)} samples: too short; the shortest clip this model "
+                    f"encodes has {shortest} ({shortest / self.sample_rate * 1000:.1f} ms)"
+                )
         short = []
         for i, clip in enumerate(clips):
             if isinstance(clip, SampleSource) or self._is_long(len(clip)):
@@ -200,6 +209,21 @@ class HiggsAudioTokenizer:
             for row, (i, _) in enumerate(group):
                 results[i] = out.audio_codes[row, :, : int(out.code_lengths[row])].cpu()
         return results
+
+    @torch.inference_mode()
+    def try_encode_clips(self, clips: Sequence, bandwidth: float | None = None) -> list[torch.Tensor | Exception]:
+        """`encode_clips` where one bad clip cannot sink the others: each result is the clip's
+        codes or the exception that encoding it raised (a batch that fails is retried clip by clip)."""
+        try:
+            return self.encode_clips(clips, bandwidth)
+        except Exception:
+            results: list[torch.Tensor | Exception] = []
+            for clip in clips:
+                try:
+                    results.append(self.encode_clips([clip], bandwidth)[0])
+                except Exception as err:
+                    results.append(err)
+            return results
 
     def _encode_long(self, source: SampleSource, bandwidth) -> torch.Tensor:
         return encode_long(
