@@ -6,8 +6,8 @@
     python benchmarks/batch_long_stream.py agreement --seconds 120
     python benchmarks/batch_long_stream.py stream
 
-The model is the full-size one (../shared/reference/transformers_full_config.json)
-with seeded random weights, or `--model DIR` for a checkpoint. Speech comes from
+The model is the benchmarks' full-size one with seeded random weights (common.py;
+made on first use), or `--model DIR` for a checkpoint. Speech comes from
 ../shared/audio. Each section prints a small table.
 """
 
@@ -23,36 +23,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import prepare_model_and_inputs, recordings
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("HIGGS_SHARED_DIR", REPO.parent / "shared"))
-sys.path.insert(0, str(REPO / "src"))
-
-from higgs_tokenizer import HiggsAudioV2TokenizerConfig, HiggsAudioV2TokenizerModel  # noqa: E402
-from higgs_tokenizer.audio import load_audio  # noqa: E402
-from higgs_tokenizer.long_audio import SampleSource, encode_long  # noqa: E402
-from higgs_tokenizer.streaming import StreamingDecoder  # noqa: E402
-from higgs_tokenizer.tokenizer import HiggsAudioTokenizer  # noqa: E402
-
-
-def build_model(path: str | None) -> HiggsAudioV2TokenizerModel:
-    if path:
-        return HiggsAudioV2TokenizerModel.from_pretrained(path)
-    torch.manual_seed(0)
-    config = HiggsAudioV2TokenizerConfig.from_json_file(SHARED / "reference" / "transformers_full_config.json")
-    model = HiggsAudioV2TokenizerModel(config).eval()
-    with torch.no_grad():  # spread codebooks so codes vary (values only matter for agreement figures)
-        for q in model.quantizer.quantizers:
-            q.codebook.embed.normal_(0, 0.5)
-    return model
-
-
-def speech() -> np.ndarray:
-    return np.concatenate([load_audio(p, 24000)[0] for p in sorted((SHARED / "audio").glob("*.wav"))])
+from higgs_tokenizer import HiggsAudioV2TokenizerModel
+from higgs_tokenizer.long_audio import SampleSource, encode_long
+from higgs_tokenizer.streaming import StreamingDecoder
+from higgs_tokenizer.tokenizer import HiggsAudioTokenizer
 
 
 def bench_batch(args, model):
-    audio = speech()
+    audio = recordings()
     rng = np.random.default_rng(0)
     clips = []
     for _ in range(args.clips):
@@ -80,7 +60,7 @@ def bench_batch(args, model):
 def bench_exactness(args, model):
     """Batches of 1 to 8 clips of 0.1-15 s: each item's embeddings and codes vs the clip alone
     (padded to a whole hop, as the feature extractor pads one clip)."""
-    audio = speech()
+    audio = recordings()
     rng = np.random.default_rng(1)
     worst, equal, total = 0.0, 0, 0
     with torch.inference_mode():
@@ -94,12 +74,12 @@ def bench_exactness(args, model):
             for i, c in enumerate(clips):
                 x[i, 0, : len(c)] = torch.from_numpy(c)
             mask = (torch.arange(x.shape[-1]) < torch.tensor([len(c) for c in clips])[:, None]).long()
-            batched, frames = model.embed(x, mask)
+            batched, frames = model.latents(x, mask)
             codes = model.encode(x, padding_mask=mask).audio_codes
             for i, c in enumerate(clips):
                 # The clip alone is what the feature extractor makes of it: padded to its valid length.
                 alone = torch.from_numpy(np.pad(c, (0, model.valid_length(len(c)) - len(c))))[None, None]
-                embedding = model.embed(alone)[0][0]
+                embedding = model.latents(alone)[0][0]
                 t = int(frames[i])
                 worst = max(worst, float((batched[i, :t] - embedding).norm() / embedding.norm()))
                 reference = model.encode(alone).audio_codes[0]
@@ -117,16 +97,16 @@ def bench_memory(args, model_path):
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "long.wav"
             make_long_wav(path, minutes * 60)
+            # The child imports common for what every benchmark gets from it: this checkout's package.
             code = (
-                "import sys, time, resource, torch; sys.path.insert(0, %r); sys.path.insert(0, %r)\n"
-                "from batch_long_stream import build_model\n"
+                "import sys, time, resource, torch; sys.path.insert(0, %r); import common\n"
                 "from higgs_tokenizer.tokenizer import HiggsAudioTokenizer\n"
-                "tok = HiggsAudioTokenizer(build_model(%r))\n"
+                "tok = HiggsAudioTokenizer.from_pretrained(%r)\n"
                 "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
                 "t = time.perf_counter()\n"
                 "with torch.inference_mode(): codes = tok.encode(%r)\n"
                 "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, time.perf_counter() - t, codes.shape[1], base / 1024)\n"
-            ) % (str(REPO / "src"), str(Path(__file__).parent), model_path, str(path))
+            ) % (str(Path(__file__).parent), str(model_path), str(path))
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
             peak, seconds, frames, base = float(out[0]), float(out[1]), int(out[2]), float(out[3])
             print(f"| {minutes:g} min ({frames} frames) | {peak:.0f} (model loaded: {base:.0f}) | {seconds:.0f} | {seconds / (minutes * 60):.3f} |", flush=True)
@@ -135,7 +115,7 @@ def bench_memory(args, model_path):
 def make_long_wav(path: Path, seconds: float) -> None:
     import soundfile as sf
 
-    audio = speech()
+    audio = recordings()
     reps = int(np.ceil(seconds * 24000 / len(audio)))
     with sf.SoundFile(str(path), "w", 24000, 1, subtype="PCM_16") as f:
         for _ in range(reps):
@@ -145,7 +125,7 @@ def make_long_wav(path: Path, seconds: float) -> None:
 
 
 def bench_agreement(args, model):
-    audio = speech()
+    audio = recordings()
     samples = np.tile(audio, int(np.ceil(args.seconds * 24000 / len(audio))))[: int(args.seconds * 24000)]
     samples = samples[: len(samples) // 960 * 960]
     with torch.inference_mode():
@@ -203,10 +183,11 @@ def main():
     ap.add_argument("--push", type=int, nargs="+", default=[1, 5, 10, 25])
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, model: {args.model or 'full size, random weights'}")
+    model_path = args.model or prepare_model_and_inputs()[0]
     if args.section == "memory":
-        bench_memory(args, args.model)
+        bench_memory(args, model_path)
         return
-    model = build_model(args.model)
+    model = HiggsAudioV2TokenizerModel.from_pretrained(model_path)
     sections = {"batch": bench_batch, "exactness": bench_exactness, "agreement": bench_agreement, "stream": bench_stream}
     sections[args.section](args, model)
 

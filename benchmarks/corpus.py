@@ -6,7 +6,7 @@ Builds a corpus of speech clips (1-5 s, from ../shared/audio) as WAV files, then
 tokenizes it with each model and engine into a fresh output directory and
 reports the wall time of the whole job (listing, worker and Ray start-up,
 decoding, encoding, writing). Default models: the tiny fixture and the
-benchmark's full-size model (python -m higgs_tokenizer.bench prepares it).
+benchmarks' full-size model (common.py; made on first use).
 """
 
 from __future__ import annotations
@@ -19,20 +19,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
+from common import SHARED, WORK_DIR, prepare_model_and_inputs, recordings
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("HIGGS_SHARED_DIR", REPO.parent / "shared"))
-sys.path.insert(0, str(REPO / "src"))
+from higgs_tokenizer.dataset import tokenize_dataset
+from higgs_tokenizer.tokenizer import HiggsAudioTokenizer
 
-from higgs_tokenizer.audio import load_audio  # noqa: E402
-from higgs_tokenizer.dataset import tokenize_dataset  # noqa: E402
-from higgs_tokenizer.tokenizer import HiggsAudioTokenizer  # noqa: E402
+BENCHMARK_MODEL = WORK_DIR / "model"
 
 
 def make_corpus(root: Path, clips: int, seed: int = 0) -> float:
-    speech = np.concatenate([load_audio(p, 24000)[0] for p in sorted((SHARED / "audio").glob("*.wav"))])
+    speech = recordings()
     rng = random.Random(seed)
     total = 0
     for i in range(clips):
@@ -48,11 +45,12 @@ def make_corpus(root: Path, clips: int, seed: int = 0) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", type=int, default=24)
-    ap.add_argument("--model", nargs="+", default=[str(SHARED / "fixtures" / "tiny-24k"),
-                                                   str(Path(tempfile.gettempdir()) / "higgs-tokenizer-bench" / "model")])
+    ap.add_argument("--model", nargs="+", default=[str(SHARED / "fixtures" / "tiny-24k"), str(BENCHMARK_MODEL)])
     ap.add_argument("--engines", nargs="+", choices=("local", "ray"), default=["local", "ray"])
     ap.add_argument("--shard-size", type=int, default=8)
     args = ap.parse_args()
+    if str(BENCHMARK_MODEL) in args.model:
+        prepare_model_and_inputs()
 
     work = Path(tempfile.mkdtemp(prefix="corpus-bench-"))
     seconds = make_corpus(work / "corpus", args.clips)

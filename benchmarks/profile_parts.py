@@ -7,8 +7,7 @@ decode (after a warm-up) with forward hooks, groups them by part, and prints
 per part: time, GFLOP (or MB moved for the elementwise Snake), the rate
 achieved and its fraction of the yardstick: a 2048² float32 matrix product
 for arithmetic, a large tensor copy for memory traffic. The model is the
-benchmark's (python -m higgs_tokenizer.bench prepares it; default
-/tmp/higgs-tokenizer-bench/model).
+benchmarks' (common.py; made on first use), or `--model DIR`.
 """
 
 from __future__ import annotations
@@ -16,18 +15,15 @@ from __future__ import annotations
 import argparse
 import collections
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+from common import matmul_peak, prepare_model_and_inputs
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from higgs_tokenizer import HiggsAudioV2TokenizerModel  # noqa: E402
-from higgs_tokenizer.bench import matmul_peak  # noqa: E402
-from higgs_tokenizer.hubert import SelfAttention  # noqa: E402
-from higgs_tokenizer.layers import Snake1d  # noqa: E402
+from higgs_tokenizer import HiggsAudioV2TokenizerModel
+from higgs_tokenizer.hubert import SelfAttention
+from higgs_tokenizer.layers import Snake1d
 
 
 def part_of(name: str, module: torch.nn.Module) -> str:
@@ -75,11 +71,11 @@ def copy_bandwidth() -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=Path(tempfile.gettempdir()) / "higgs-tokenizer-bench" / "model")
+    ap.add_argument("--model", type=Path, default=None, help="checkpoint directory (default: the benchmarks' model)")
     ap.add_argument("--seconds", type=float, default=10.0)
     args = ap.parse_args()
 
-    model = HiggsAudioV2TokenizerModel.from_pretrained(args.model)
+    model = HiggsAudioV2TokenizerModel.from_pretrained(args.model or prepare_model_and_inputs()[0])
     totals: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0, 0.0])
     started: dict[int, float] = {}
     leaves = (Snake1d, SelfAttention, torch.nn.Conv1d, torch.nn.ConvTranspose1d, torch.nn.Linear)

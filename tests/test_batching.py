@@ -35,14 +35,14 @@ def test_fixture_batch_gives_each_clip_its_own_codes(fixture_name):
     lengths = case_lengths(fixture_name)
     x, mask = padded_batch([cases[f"input_{n}"] for n in lengths])
     out = model.encode(x, padding_mask=mask)
-    embeddings, frames = model.embed(x, mask)
+    embeddings, frames = model.latents(x, mask)
     assert torch.equal(out.code_lengths, frames)
     for i, n in enumerate(lengths):
         reference = cases[f"fe_codes_{n}"]
         assert int(out.code_lengths[i]) == reference.shape[1]
         assert_codes_match(out.audio_codes[i, :, : reference.shape[1]], reference, cases[f"fe_margin_{n}"])
         assert (out.audio_codes[i, :, reference.shape[1] :] == 0).all()
-        single, _ = model.embed(cases[f"fe_input_values_{n}"][None, None])
+        single, _ = model.latents(cases[f"fe_input_values_{n}"][None, None])
         # The tiny model's 4-channel convs amplify float32 rounding that depends on the batch
         # shape (an equal-length batch of one clip repeated shows it too); at full size the
         # difference is about 1e-6 (docs/batching.md).
@@ -80,7 +80,7 @@ def test_real_speech_random_lengths_and_batch_sizes():
             clips.append(speech[start : start + n])
         x, mask = padded_batch(clips)
         out = model.encode(x, padding_mask=mask)
-        embeddings, frames = model.embed(x, mask)
+        embeddings, frames = model.latents(x, mask)
         for i, clip in enumerate(clips):
             single = alone(torch.from_numpy(clip), model.config.hop_length)
             codes = model.encode(single).audio_codes[0]
@@ -88,7 +88,7 @@ def test_real_speech_random_lengths_and_batch_sizes():
             assert int(frames[i]) == t
             equal += int((out.audio_codes[i, :, :t] == codes).sum())
             total += codes.numel()
-            worst = max(worst, relative(embeddings[i, :t], model.embed(single)[0][0]))
+            worst = max(worst, relative(embeddings[i, :t], model.latents(single)[0][0]))
     assert worst < 1e-4
     assert equal / total >= 0.999, equal / total
 

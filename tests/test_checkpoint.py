@@ -20,12 +20,7 @@ from higgs_tokenizer import (
     convert_original_to_transformers,
     save_original,
 )
-from higgs_tokenizer.checkpoint import (
-    config_from_original,
-    config_to_original,
-    original_state_dict,
-    transformers_state_dict,
-)
+from higgs_tokenizer.checkpoint import original_state_dict, transformers_state_dict
 
 REFERENCE = SHARED / "reference"
 ORIGINAL_FULL_CONFIG = {
@@ -83,7 +78,7 @@ def test_original_mapping_covers_every_key_of_the_full_size_listing(full_size_me
 
 def test_original_config_describes_the_released_model():
     full = HiggsAudioV2TokenizerConfig.from_json_file(REFERENCE / "transformers_full_config.json")
-    converted = config_from_original(ORIGINAL_FULL_CONFIG)
+    converted = HiggsAudioV2TokenizerConfig.from_original_dict(ORIGINAL_FULL_CONFIG)
     assert converted.num_quantizers == full.num_quantizers == 8
     assert list(converted.target_bandwidths) == [0.5, 1, 1.5, 2]  # 4 kbps would need 16 quantizers
     for attr in ("hop_length", "frame_rate", "hidden_size", "codebook_dim", "codebook_size", "semantic_downsample_factor"):
@@ -97,7 +92,7 @@ def test_original_config_describes_the_released_model():
 def test_released_model_writes_the_released_original_config():
     full = HiggsAudioV2TokenizerConfig.from_json_file(REFERENCE / "transformers_full_config.json")
     # No size extension block: HuBERT-base and the 64/1024 widths are what the original implies.
-    assert config_to_original(full) == {**ORIGINAL_FULL_CONFIG, "target_bandwidths": [0.5, 1, 1.5, 2]}
+    assert full.to_original_dict() == {**ORIGINAL_FULL_CONFIG, "target_bandwidths": [0.5, 1, 1.5, 2]}
 
 
 # ----------------------------------------------------------------- loading variants
@@ -353,6 +348,27 @@ def test_hub_id_offline_with_empty_cache_says_what_to_do(tmp_path):
     assert "HF_HUB_OFFLINE" in out.stdout and "pass its directory" in out.stdout
 
 
+# A closed local port: the Hub's host refuses the connection at once, as without a network.
+UNREACHABLE_HUB = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0", "HTTPS_PROXY": "", "https_proxy": "",
+                   "ALL_PROXY": "", "all_proxy": ""}
+
+
+def test_unreachable_hub_is_not_retried(tmp_path):
+    """huggingface_hub would retry a dead network for about 30 s; one probe tells, and only
+    the local cache is searched (measured: the CLI fails in about 2 s here)."""
+    model_id = "bosonai/higgs-audio-v2-tokenizer"
+    code = (
+        "from higgs_tokenizer import HiggsAudioV2TokenizerModel\n"
+        f"try:\n    HiggsAudioV2TokenizerModel.from_pretrained({model_id!r})\n"
+        "except OSError as e:\n    print('ERROR', e)\n"
+    )
+    out = _run(code, {**UNREACHABLE_HUB, "HF_HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    assert f"ERROR could not load {model_id!r}" in out.stdout
+    # Only the cache was searched: the network was not retried.
+    assert "the Hugging Face Hub is unreachable (127.0.0.1:9" in out.stdout and "pass its directory" in out.stdout
+
+
 def test_hub_id_from_the_local_cache(tmp_path):
     """A repo already in huggingface_hub's cache loads offline, in either format."""
     cache = tmp_path / "hub"
@@ -372,6 +388,7 @@ def test_hub_id_from_the_local_cache(tmp_path):
         "same = all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))\n"
         "print('OK', same, fe.hop_length)\n"
     )
-    out = _run(code, {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)})
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "OK True 960"
+    for env in ({"HF_HUB_OFFLINE": "1"}, UNREACHABLE_HUB):
+        out = _run(code, {**env, "HF_HUB_CACHE": str(cache)})
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "OK True 960"

@@ -157,3 +157,54 @@ def test_readme_command_line_examples_run(tmp_path, monkeypatch, short_recording
         assert main(argv) == 0, command
     assert (tmp_path / "speech.roundtrip.wav").is_file()
     assert len(list((tmp_path / "decoded").rglob("*.flac"))) == 4
+
+
+def test_one_file_to_one_named_file(tmp_path, short_recordings, capsys):
+    """With one input file, `-o` with the output's extension is that file, not a directory."""
+    codes = tmp_path / "a.hac"
+    assert main(["encode", str(short_recordings["en_man.wav"]), "-o", str(codes), "-q"]) == 0
+    assert codes.is_file() and load_codes(codes).num_frames > 0
+    audio = tmp_path / "a.flac"
+    assert main(["decode", str(codes), "-o", str(audio), "-q"]) == 0
+    assert audio.is_file() and sf.info(str(audio)).samplerate == 24000
+    assert main(["encode", str(short_recordings["en_man.wav"]), "-o", str(codes), "-q"]) == 1  # exists
+    assert "exists (use --overwrite or --skip-existing)" in capsys.readouterr().err
+
+
+def test_length_rule_option_is_recorded(tmp_path, short_recordings):
+    for rule in ("original", "transformers"):
+        out = tmp_path / f"{rule}.hac"
+        assert main(["encode", str(short_recordings["en_man.wav"]), "-o", str(out), "-q", "--length-rule", rule]) == 0
+        assert load_codes(out).length_rule == rule
+
+
+def test_arguments_are_checked_before_any_work(tmp_path, short_recordings, capsys):
+    code = main(["encode", str(short_recordings["en_man.wav"]), "-o", str(tmp_path / "out"), "--bandwidth", "3"])
+    assert code == 2 and "doesn't support the bandwidth 3" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    code = main(["roundtrip", str(short_recordings["en_man.wav"]), "-o", str(tmp_path / "x.mp3")])
+    assert code == 2 and "must be a .wav or .flac file" in capsys.readouterr().err
+
+
+def test_roundtrip_reports_the_input_rate_and_keeps_outputs(tmp_path, short_recordings, capsys):
+    out = tmp_path / "rt.wav"
+    assert main(["roundtrip", str(short_recordings["belinda.wav"]), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    rate = sf.info(str(short_recordings["belinda.wav"])).samplerate
+    assert f"1.50 s at {rate} Hz, resampled to 24000 Hz" in printed and "at 24000 Hz" in printed.splitlines()[-1]
+    assert main(["roundtrip", str(short_recordings["belinda.wav"]), "-o", str(out), "-q"]) == 2
+    assert "exists (use --overwrite)" in capsys.readouterr().err
+    assert main(["roundtrip", str(short_recordings["belinda.wav"]), "-o", str(out), "-q", "--overwrite"]) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_convert_refuses_to_write_over_its_source(tmp_path, capsys):
+    from higgs_tokenizer import save_original
+
+    from conftest import load_model
+
+    save_original(load_model("tiny-24k"), tmp_path / "orig")
+    before = (tmp_path / "orig" / "config.json").read_bytes()
+    assert main(["convert", str(tmp_path / "orig"), str(tmp_path / "orig" / ".." / "orig")]) == 2
+    assert "is the source checkpoint" in capsys.readouterr().err
+    assert (tmp_path / "orig" / "config.json").read_bytes() == before

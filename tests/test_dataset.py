@@ -48,9 +48,10 @@ def make_corpus(root, speech, count, seed=0):
 
 
 def read_output(output):
-    table = pa.concat_tables(pq.read_table(p) for p in sorted((output / "data").glob("*.parquet")))
+    """(the data files' rows as one table, or None where there is none; the errors' rows)."""
+    data = [pq.read_table(p) for p in sorted((output / "data").glob("*.parquet"))]
     errors = [pq.read_table(p) for p in sorted((output / "errors").glob("*.parquet"))]
-    return table, (pa.concat_tables(errors).to_pylist() if errors else [])
+    return (pa.concat_tables(data) if data else None), (pa.concat_tables(errors).to_pylist() if errors else [])
 
 
 def test_directory_corpus_with_bad_files(tmp_path, tokenizer, speech):
@@ -97,6 +98,11 @@ def test_resume_redoes_only_missing_shards(tmp_path, tokenizer, speech):
     # Another job in the same place is refused, unless asked to start again.
     with pytest.raises(OutputError, match="differs in: .*shard_size"):
         tokenize_dataset(corpus, out, tokenizer, shard_size=3, workers=1, progress=False)
+    # The length rule is the tokenizer's; other codes, so another job.
+    original = HiggsAudioTokenizer(load_model("tiny-24k", length_rule="original"), name="tiny-24k")
+    with pytest.raises(OutputError, match="differs in: length_rule"):
+        tokenize_dataset(corpus, out, original, shard_size=2, workers=1, progress=False)
+    assert json.loads((out / "dataset.json").read_text())["codes"]["length_rule"] == "transformers"
     assert tokenize_dataset(corpus, out, tokenizer, shard_size=3, workers=1, overwrite=True, progress=False)["shard_size"] == 3
 
 
@@ -154,17 +160,33 @@ def test_parquet_sources(tmp_path, tokenizer, speech):
         assert np.array_equal(np.array(row["codes"]), tokenizer.encode(str(corpus / path)).numpy())
     manifest = tokenize_dataset(parquet_dir / "z-bad.parquet", tmp_path / "bad", tokenizer, workers=1, progress=False)
     assert manifest["counts"] == {"items": 1, "encoded": 0, "errors": 1}
-    assert "not a readable audio file" in read_output(tmp_path / "bad")[1][0]["error"]
+    assert manifest["shards"] == [{"file": None, "rows": 0, "errors": 1}]
+    data, errors = read_output(tmp_path / "bad")
+    assert data is None and "not a readable audio file" in errors[0]["error"]
 
 
 def test_output_reads_with_datasets(tmp_path, tokenizer, speech):
+    """A shard whose items all failed has no data file (a 0-row one stops `datasets`),
+    and counts as done on a rerun: its errors file commits it."""
     import datasets
 
     corpus = tmp_path / "corpus"
-    make_corpus(corpus, speech, 3)
-    tokenize_dataset(corpus, tmp_path / "out", tokenizer, shard_size=2, workers=1, progress=False)
-    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "out" / "data" / "*.parquet"), split="train")
-    assert len(ds) == 3 and np.array(ds[0]["codes"]).shape == (8, ds[0]["num_frames"])
+    make_corpus(corpus, speech, 2)
+    (corpus / "zz-junk.wav").write_text("not audio")
+    out = tmp_path / "out"
+    first = tokenize_dataset(corpus, out, tokenizer, shard_size=1, workers=1, progress=False)
+    assert first["shards"][2] == {"file": None, "rows": 0, "errors": 1}
+    assert sorted(p.name for p in (out / "data").glob("*")) == ["part-00000.parquet", "part-00001.parquet"]
+    ds = datasets.load_dataset("parquet", data_files=str(out / "data" / "*.parquet"), split="train")
+    assert len(ds) == 2 and np.array(ds[0]["codes"]).shape == (8, ds[0]["num_frames"])
+
+    files = sorted((out / "data").glob("*")) + sorted((out / "errors").glob("*"))
+    stamps = {p: p.stat().st_mtime_ns for p in files}
+    assert tokenize_dataset(corpus, out, tokenizer, shard_size=1, workers=1, progress=False)["shards"] == first["shards"]
+    assert {p: p.stat().st_mtime_ns for p in files} == stamps  # nothing redone
+    (out / "errors" / "part-00002.parquet").unlink()
+    assert tokenize_dataset(corpus, out, tokenizer, shard_size=1, workers=1, progress=False)["shards"] == first["shards"]
+    assert {p: p.stat().st_mtime_ns for p in files[:2]} == {p: stamps[p] for p in files[:2]}
 
 
 def run_cli(corpus, output, *extra):

@@ -8,9 +8,8 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SHARED, fixture_dir, load_cases, load_model
+from conftest import REPO, SHARED, fixture_dir, load_cases, load_model
 
-from higgs_tokenizer import bench
 from higgs_tokenizer.layers import Snake1d, UpsamplingConv1d, snake_inference, snake_reference
 
 
@@ -107,10 +106,14 @@ def test_compiled_kernels_match_eager():
     assert (compiled_audio - audio).abs().max() <= 1e-4 * audio.abs().max()
 
 
-def test_benchmark_runs_end_to_end(tmp_path):
+@pytest.mark.slow
+def test_benchmark_runs_end_to_end(tmp_path, monkeypatch):
     """The benchmark command on the tiny model: every table, codes, memory, start-up."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))  # the benchmarks live beside the package
+    import speed
+
     output = tmp_path / "results.md"
-    bench.main([
+    speed.main([
         "--config", str(fixture_dir("tiny-24k") / "config.json"), "--audio-dir", str(SHARED / "audio"),
         "--work-dir", str(tmp_path / "work"), "--cases", "1s", "batch16", "--runs", "2", "--threads", "1",
         "--reference", "no", "--import-runs", "1", "--output", str(output),

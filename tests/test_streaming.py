@@ -101,3 +101,24 @@ def test_tokenizer_chunked_and_streamed(model, codes):
     assert_audio_close(tokenizer.decode(one), reference)  # longer than the window: chunked by default
     stream = tokenizer.stream_decoder()
     assert_audio_close(torch.cat([stream.push(one), stream.flush()]), reference)
+
+
+@torch.inference_mode()
+def test_a_refused_push_leaves_the_stream_as_it_was(model, codes):
+    """An LM's end token (1025), float codes or a wrong quantizer count are refused before
+    anything is kept; the stream then goes on exactly as if they were never pushed."""
+    stream = StreamingDecoder(model)
+    pieces = [stream.push(codes[0, :, :5])]
+    bad_pushes = {
+        "must lie in \\[0, 1024\\)": torch.full((8, 1), 1025),
+        "integer tensor": codes[0, :, 5:6].float(),
+        "this stream has": codes[0, :4, 5:6],
+    }
+    for match, bad in bad_pushes.items():
+        with pytest.raises((ValueError, TypeError), match=match):
+            stream.push(bad)
+    assert stream.frames_received == 5
+    pieces += [stream.push(codes[0, :, 5:]), stream.flush()]
+    with pytest.raises(ValueError, match="decodes 1 to 8"):
+        StreamingDecoder(model).push(torch.zeros(9, 1, dtype=torch.long))
+    assert_audio_close(torch.cat(pieces), model.decode(codes[:1]).audio_values[0, 0])

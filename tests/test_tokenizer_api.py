@@ -131,7 +131,7 @@ def test_codes_files_that_are_refused(tokenizer, short_recordings, tmp_path):
         "newer": dict(format_version="2"),
         "not a Higgs audio codes file": dict(format="something-else"),
         "cannot hold": dict(num_samples=10**7),
-        "does not match the header": dict(num_quantizers=4),
+        "does not match the header \\(4 quantizers\\)": dict(num_quantizers=4),
     }
     for match, change in cases.items():
         path = tmp_path / f"{match[:5]}.hac"
@@ -149,6 +149,29 @@ def test_codes_files_that_are_refused(tokenizer, short_recordings, tmp_path):
         load_codes(tmp_path / "junk.hac")
     with pytest.raises(FileNotFoundError):
         load_codes(tmp_path / "missing.hac")
+
+
+def test_header_fields_must_match_the_model(tokenizer, short_recordings, tmp_path):
+    """Every header field decoding depends on is checked against the model: an edited
+    hop_length used to decode half the audio."""
+    frames = tokenizer.encode_file(short_recordings["en_man.wav"], tmp_path / "x.hac").num_frames
+    for field, value in (("hop_length", 480), ("sample_rate", 16000), ("codebook_size", 2048), ("frame_rate", 50)):
+        path = tmp_path / f"{field}.hac"
+        path.write_bytes((tmp_path / "x.hac").read_bytes())
+        # num_samples follows, so the file stays self-consistent and only the model can tell.
+        _rewrite(path, **{field: value}, **({"num_samples": frames * 480} if field == "hop_length" else {}))
+        with pytest.raises(CodesFileError, match=f"header says {field}={value}"):
+            tokenizer.decode(path)
+
+
+def test_codes_decode_with_the_checkpoint_in_another_dtype(short_recordings, tmp_path):
+    """A model's identity is that of its checkpoint, whatever dtype it is loaded in."""
+    bf16 = HiggsAudioTokenizer.from_pretrained(fixture_dir("tiny-24k"), dtype="bfloat16")
+    float32 = HiggsAudioTokenizer.from_pretrained(fixture_dir("tiny-24k"))
+    assert bf16.identity == float32.identity
+    bf16.encode_file(short_recordings["en_man.wav"], tmp_path / "bf16.hac")
+    float32.encode_file(short_recordings["en_man.wav"], tmp_path / "f32.hac")
+    assert float32.decode(tmp_path / "bf16.hac").shape == bf16.decode(tmp_path / "f32.hac").shape
 
 
 def test_identity_is_the_same_for_both_checkpoint_formats(tokenizer, tmp_path):

@@ -11,9 +11,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .audio import AUDIO_EXTENSIONS, write_audio
+from .audio import AUDIO_EXTENSIONS, WRITE_FORMATS, write_audio
 from .codes_file import SUFFIX
+from .config import LENGTH_RULES
 from .tokenizer import num_samples
+
+AUDIO_OUTPUT_SUFFIXES = tuple(WRITE_FORMATS)
 
 EXAMPLES = {
     "encode": "examples:\n  higgs-tokenizer encode speech.wav -o codes/\n  higgs-tokenizer encode recordings/ 'more/*.flac' -o codes/ --skip-existing",
@@ -139,16 +142,27 @@ def _summary(verb: str, report: Report, started: float, quiet: bool) -> int:
 def _load_tokenizer(args):
     from .tokenizer import HiggsAudioTokenizer
 
-    return HiggsAudioTokenizer.from_pretrained(
-        args.model, device=args.device, dtype=args.dtype, batch_size=getattr(args, "batch_size", None)
+    tokenizer = HiggsAudioTokenizer.from_pretrained(
+        args.model, device=args.device, dtype=args.dtype, batch_size=getattr(args, "batch_size", None),
+        length_rule=getattr(args, "length_rule", None),
     )
+    if getattr(args, "bandwidth", None) is not None:
+        tokenizer.config.num_quantizers_for_bandwidth(args.bandwidth)  # a bad one stops here, before any work
+    return tokenizer
+
+
+def _single_file_output(inputs: list[str], output: str, suffixes: tuple[str, ...]) -> bool:
+    """True when `-o` names the output file of a single input file (by its extension)."""
+    return len(inputs) == 1 and Path(inputs[0]).is_file() and Path(output).suffix.lower() in suffixes
 
 
 def cmd_encode(args) -> int:
     started = time.perf_counter()
     report = Report()
-    out_dir = Path(args.output)
-    jobs = collect_jobs(args.inputs, out_dir, AUDIO_EXTENSIONS, SUFFIX, report)
+    if _single_file_output(args.inputs, args.output, (SUFFIX,)):
+        jobs = [Job(Path(args.inputs[0]), Path(args.output))]
+    else:
+        jobs = collect_jobs(args.inputs, Path(args.output), AUDIO_EXTENSIONS, SUFFIX, report)
     tokenizer = _load_tokenizer(args) if jobs else None
     with _progress(len(jobs), args.quiet, "file") as bar:
         pending = []
@@ -190,7 +204,10 @@ def _encode_batch(tokenizer, pending, args, report: Report, bar) -> None:
 def cmd_decode(args) -> int:
     started = time.perf_counter()
     report = Report()
-    jobs = collect_jobs(args.inputs, Path(args.output), frozenset({SUFFIX}), f".{args.format}", report)
+    if _single_file_output(args.inputs, args.output, AUDIO_OUTPUT_SUFFIXES):
+        jobs = [Job(Path(args.inputs[0]), Path(args.output))]
+    else:
+        jobs = collect_jobs(args.inputs, Path(args.output), frozenset({SUFFIX}), f".{args.format}", report)
     tokenizer = _load_tokenizer(args) if jobs else None
     from .codes_file import load_codes
 
@@ -218,29 +235,40 @@ def cmd_decode(args) -> int:
 def cmd_roundtrip(args) -> int:
     import torch
 
+    from .audio import load_audio
+
+    output = Path(args.output)
+    if output.suffix.lower() not in AUDIO_OUTPUT_SUFFIXES:
+        raise ValueError(f"-o {output}: the output must be a {' or '.join(AUDIO_OUTPUT_SUFFIXES)} file")
+    if output.exists() and not args.overwrite:
+        raise FileExistsError(f"{output} exists (use --overwrite)")
     tokenizer = _load_tokenizer(args)
     t0 = time.perf_counter()
-    clip = tokenizer.load(args.input, loudness=args.loudness)
+    samples, rate = load_audio(args.input)
+    clip = tokenizer.load((samples, rate), loudness=args.loudness)
     t1 = time.perf_counter()
     codes = tokenizer.encode_clips([clip], args.bandwidth)[0]
     t2 = time.perf_counter()
     with torch.inference_mode():
         audio = tokenizer.decode(codes)[: num_samples(clip)]
     t3 = time.perf_counter()
-    write_audio(args.output, audio.numpy(), tokenizer.sample_rate)
-    duration = num_samples(clip) / tokenizer.sample_rate
+    write_audio(output, audio.numpy(), tokenizer.sample_rate)
+    if args.quiet:
+        return 0
+    duration = len(samples) / rate
     n_q, frames = codes.shape
     bitrate = n_q * math.log2(tokenizer.config.codebook_size) * tokenizer.frame_rate
-    print(f"input      {args.input}: {duration:.2f} s at {tokenizer.sample_rate} Hz (load {t1 - t0:.2f} s)")
+    resampled = f", resampled to {tokenizer.sample_rate} Hz" if rate != tokenizer.sample_rate else ""
+    print(f"input      {args.input}: {duration:.2f} s at {rate} Hz{resampled} (load {t1 - t0:.2f} s)")
     print(f"codes      {frames} frames x {n_q} codebooks at {tokenizer.frame_rate} frames/s = {bitrate / 1000:g} kbps")
     print(f"encode     {t2 - t1:.2f} s, real-time factor {(t2 - t1) / duration:.3f}")
     print(f"decode     {t3 - t2:.2f} s, real-time factor {(t3 - t2) / duration:.3f}")
-    print(f"output     {args.output}")
+    print(f"output     {output}: {len(audio) / tokenizer.sample_rate:.2f} s at {tokenizer.sample_rate} Hz")
     return 0
 
 
 def cmd_info(args) -> int:
-    from .checkpoint import resolve_checkpoint
+    from .checkpoint_files import resolve_checkpoint
     from .tokenizer import HiggsAudioTokenizer, default_model
 
     name = args.model_arg or args.model or default_model()
@@ -266,7 +294,11 @@ def cmd_info(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from .checkpoint import convert_original_to_transformers
+    from .model import convert_original_to_transformers
+
+    source, destination = Path(args.source), Path(args.destination)
+    if source.exists() and destination.exists() and source.resolve() == destination.resolve():
+        raise ValueError(f"{destination} is the source checkpoint: write the converted one to another directory")
 
     convert_original_to_transformers(args.source, args.destination)
     print(f"wrote a transformers-format checkpoint to {args.destination}")
@@ -294,7 +326,7 @@ def cmd_tokenize_dataset(args) -> int:
         manifest = tokenize_dataset_ray(
             args.source, args.output, args.model or default_model(), address=args.ray_address,
             num_actors=args.num_actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
-            device=args.device, dtype=args.dtype,
+            device=args.device, dtype=args.dtype, length_rule=args.length_rule,
             batch_size=args.batch_size, **job,
         )
     else:
@@ -334,7 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary (failures still print)")
 
     files = argparse.ArgumentParser(add_help=False)
-    files.add_argument("-o", "--output", required=True, help="output directory (mirrors the input tree)")
+    files.add_argument("-o", "--output", required=True,
+                       help="output directory (mirrors the input tree); for a single input file, the output file "
+                       "when it has the output's extension")
     existing = files.add_mutually_exclusive_group()
     existing.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
     existing.add_argument("--skip-existing", action="store_true", help="leave outputs that exist and move on")
@@ -343,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     encoding.add_argument("--bandwidth", type=float, default=None, help="kbps, one of the model's (default: the highest)")
     encoding.add_argument("--loudness", type=float, default=None, metavar="LUFS",
                           help="normalise loudness to this many LUFS first (the original uses -23; needs the [loudness] extra)")
+    encoding.add_argument("--length-rule", choices=LENGTH_RULES, default=None,
+                          help="transformers (default: each clip padded to a whole frame) or original (Boson AI's: unpadded)")
 
     parser = argparse.ArgumentParser(
         prog="higgs-tokenizer",
@@ -371,7 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("roundtrip", "encode and decode one file, with timings", [common, encoding])
     p.add_argument("input", metavar="INPUT")
-    p.add_argument("-o", "--output", required=True, help="output WAV or FLAC file")
+    p.add_argument("-o", "--output", required=True, help="output WAV or FLAC file (at the model's rate, 24 kHz)")
+    p.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
     p.set_defaults(run=cmd_roundtrip)
 
     p = add("info", "describe a checkpoint", [common])
@@ -379,6 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_info)
 
     p = add("tokenize-dataset", "tokenize a corpus into Parquet shards: resumable, errors recorded", [common])
+    p.add_argument("--length-rule", choices=LENGTH_RULES, default=None,
+                   help="transformers (default) or original; part of the job's plan")
     p.add_argument("source", metavar="SOURCE", help="a directory of audio files, a .jsonl/.csv/.tsv manifest, or .parquet file(s)")
     p.add_argument("-o", "--output", required=True, help="output directory (rerun the same command to resume)")
     p.add_argument("--overwrite", action="store_true", help="delete an earlier output in --output and start again")

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from .atomic import write_atomic
+from .version import __version__
 
 FORMAT = "higgs-audio-codes"
 FORMAT_VERSION = 1
@@ -87,8 +88,6 @@ class EncodedAudio:
         return self.num_samples / self.sample_rate
 
     def header(self) -> dict:
-        from . import __version__
-
         return {
             "model_name": self.model.name,
             "model_config_sha256": self.model.config_sha256,
@@ -115,8 +114,9 @@ class EncodedAudio:
         path.parent.mkdir(parents=True, exist_ok=True)
         return write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
-    def check_model(self, identity: ModelIdentity) -> None:
-        """Refuse to decode with a model whose codes mean something else."""
+    def check_model(self, identity: ModelIdentity, config) -> None:
+        """Refuse to decode with a model whose codes mean something else, or whose frame
+        grid is not the one the header describes (`config`: the model's config)."""
         if identity.config_sha256 != self.model.config_sha256:
             raise CodesFileError(
                 f"codes made by model {self.model.name!r} (config {self.model.config_sha256[:12]}), "
@@ -128,6 +128,23 @@ class EncodedAudio:
                 f"codes made by model {self.model.name!r}, but the loaded model {identity.name!r} has other codebooks "
                 f"({identity.codebooks_sha256[:12]} vs {self.model.codebooks_sha256[:12]}): the codes would decode to "
                 "something else; decode with the model that made them"
+            )
+        expected = {
+            "sample_rate": config.sample_rate,
+            "hop_length": config.hop_length,
+            "frame_rate": config.frame_rate,
+            "codebook_size": config.codebook_size,
+        }
+        for name, value in expected.items():
+            if getattr(self, name) != value:
+                raise CodesFileError(
+                    f"the codes file's header says {name}={getattr(self, name)}, but the loaded model has "
+                    f"{name}={value}: the file was edited or made by another model"
+                )
+        if self.num_quantizers > config.num_quantizers:
+            raise CodesFileError(
+                f"the codes file has {self.num_quantizers} quantizers; the loaded model decodes at most "
+                f"{config.num_quantizers}"
             )
 
 
@@ -175,7 +192,9 @@ def load_codes(path: str | os.PathLike) -> EncodedAudio:
         raise CodesFileError(f"{path}: codes must be int16 [num_quantizers, frames], got {codes.dtype} {tuple(codes.shape)}")
     n_q, frames = codes.shape
     if n_q != fields["num_quantizers"] or n_q < 1 or frames < 1:
-        raise CodesFileError(f"{path}: codes shape {tuple(codes.shape)} does not match the header ({n_q} quantizers)")
+        raise CodesFileError(
+            f"{path}: codes shape {tuple(codes.shape)} does not match the header ({fields['num_quantizers']} quantizers)"
+        )
     if min(fields.values()) < 1:
         raise CodesFileError(f"{path}: non-positive size in the header {fields}")
     if abs(frames * fields["hop_length"] - fields["num_samples"]) > 2 * fields["hop_length"]:

@@ -13,9 +13,30 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from .atomic import write_atomic
+from .checkpoint_files import CONFIG_NAME, MODEL_TYPE, CheckpointError, read_json, resolve_checkpoint, split_hub_options
+
 LENGTH_RULES = ("transformers", "original")
+
+# The original constructor hard-codes these widths; configs written by
+# `save_original` for other sizes carry them in this extension block.
+ORIGINAL_ENCODER_WIDTH = 64
+ORIGINAL_DECODER_WIDTH = 1024
+ORIGINAL_EXTENSION_KEY = "higgs_tokenizer_sizes"
+_ORIGINAL_SUPPORTED = {
+    "merge_mode": "concat",
+    "downsample_mode": "step_down",
+    "vq_scale": 1,
+    "causal": False,
+    "last_layer_semantic": True,
+    "semantic_mode": "classic",
+}
+_ORIGINAL_TEACHERS = ("hubert_base", "hubert_base_general")
+
+
 
 
 def _split_known(cls, data: dict) -> tuple[dict, dict]:
@@ -143,7 +164,7 @@ class AcousticConfig(_DictConfig):
 class HiggsAudioV2TokenizerConfig(_DictConfig):
     """The tokenizer's configuration (transformers' `config.json` layout)."""
 
-    model_type = "higgs_audio_v2_tokenizer"
+    model_type = MODEL_TYPE
 
     target_bandwidths: tuple = (0.5, 1, 1.5, 2, 4)
     sample_rate: int = 24000
@@ -243,9 +264,87 @@ class HiggsAudioV2TokenizerConfig(_DictConfig):
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write `config.json` (transformers layout) into `directory`, atomically."""
         os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, "config.json"), "w") as f:
-            f.write(self.to_json_string())
+        text = self.to_json_string()
+        write_atomic(Path(directory) / CONFIG_NAME, lambda path: Path(path).write_text(text))
+
+    @classmethod
+    def from_original_dict(cls, data: dict) -> "HiggsAudioV2TokenizerConfig":
+        """The config equivalent to an original-format (Boson AI) `config.json`."""
+        for key, supported in _ORIGINAL_SUPPORTED.items():
+            if key in data and data[key] != supported:
+                raise ValueError(f"original config: {key}={data[key]!r} is not supported (only {supported!r})")
+        teacher = data.get("semantic_techer", "hubert_base_general")  # sic: the original's spelling
+        if teacher not in _ORIGINAL_TEACHERS:
+            raise ValueError(f"original config: semantic teacher {teacher!r} is not supported (only {_ORIGINAL_TEACHERS})")
+        bins = data.get("bins", 1024)
+        if not isinstance(bins, int):
+            raise ValueError("original config: only residual VQ (integer 'bins') is supported, not residual FSQ")
+        if data.get("codebook_dim") is None:
+            raise ValueError("original config: codebook_dim must be set (projected codebooks)")
+        ratios = list(data.get("ratios", [8, 5, 4, 2]))
+        sample_rate = int(data.get("sample_rate", 16000))
+        n_q = int(data.get("n_q", 8))
+        sizes = data.get(ORIGINAL_EXTENSION_KEY, {})
+        acoustic = {
+            "encoder_hidden_size": sizes.get("encoder_hidden_size", ORIGINAL_ENCODER_WIDTH),
+            "decoder_hidden_size": sizes.get("decoder_hidden_size", ORIGINAL_DECODER_WIDTH),
+            "hidden_size": int(data.get("D", 128)),
+            "downsampling_ratios": ratios,
+            "upsampling_ratios": ratios,
+        }
+        # The original lists bandwidths past what its n_q quantizers reach (4 kbps at
+        # 24 kHz would need 16) and silently uses all n_q there; keep the reachable ones.
+        frame_rate = math.ceil(sample_rate / math.prod(ratios))
+        bits = math.ceil(math.log2(bins))
+        bandwidths = [b for b in data.get("target_bandwidths", [1, 1.5, 2, 4, 6]) if 1000 * b // (frame_rate * bits) <= n_q]
+        config = cls(
+            target_bandwidths=bandwidths or [n_q * frame_rate * bits / 1000],
+            sample_rate=sample_rate,
+            codebook_size=bins,
+            codebook_dim=int(data["codebook_dim"]),
+            semantic_sample_rate=int(data.get("semantic_sample_rate") or 16000),
+            acoustic_model_config=acoustic,
+            semantic_model_config=HubertConfig.from_dict(sizes.get("semantic_model_config", {})),
+        )
+        if config.num_quantizers != n_q:
+            raise ValueError(
+                f"original config: n_q={n_q} but target_bandwidths {data.get('target_bandwidths')} "
+                f"give {config.num_quantizers} quantizers"
+            )
+        return config
+
+    def to_original_dict(self) -> dict:
+        """The original-format `self.json` for this config (the inverse of `from_original_dict`)."""
+        if tuple(self.strides) != (1, 1) or tuple(self.channel_ratios) != (1, 1) or self.downsample_factor != 320:
+            raise ValueError("the original format only describes strides=(1, 1), channel_ratios=(1, 1), downsample_factor=320")
+        acoustic = self.acoustic_model_config
+        if tuple(acoustic.downsampling_ratios) != tuple(acoustic.upsampling_ratios):
+            raise ValueError("the original format needs equal down- and upsampling ratios")
+        data = {
+            "n_filters": 32,
+            "D": acoustic.hidden_size,
+            "codebook_dim": self.codebook_dim,
+            "target_bandwidths": list(self.target_bandwidths),
+            "ratios": list(acoustic.downsampling_ratios),
+            "sample_rate": self.sample_rate,
+            "bins": self.codebook_size,
+            "n_q": self.num_quantizers,
+            "semantic_techer": "hubert_base_general",
+        }
+        if self.semantic_sample_rate != 16000:
+            data["semantic_sample_rate"] = self.semantic_sample_rate
+        sizes = {}
+        if acoustic.encoder_hidden_size != ORIGINAL_ENCODER_WIDTH:
+            sizes["encoder_hidden_size"] = acoustic.encoder_hidden_size
+        if acoustic.decoder_hidden_size != ORIGINAL_DECODER_WIDTH:
+            sizes["decoder_hidden_size"] = acoustic.decoder_hidden_size
+        if dataclasses.replace(self.semantic_model_config, extra={}) != HubertConfig():  # HuBERT-base: implied
+            sizes["semantic_model_config"] = self.semantic_model_config.to_dict()
+        if sizes:
+            data[ORIGINAL_EXTENSION_KEY] = sizes
+        return data
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "HiggsAudioV2TokenizerConfig":
@@ -261,13 +360,21 @@ class HiggsAudioV2TokenizerConfig(_DictConfig):
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs) -> "HiggsAudioV2TokenizerConfig":
         """The config of a checkpoint (directory or Hub id, either format); reads no weights.
-        Hub options (revision, cache_dir, token, local_files_only) are passed on; other
-        keyword arguments replace config fields."""
-        from .checkpoint import HUB_OPTIONS, load_config
+        The Hub options (`checkpoint_files.HUB_OPTIONS`) are passed on; other keyword
+        arguments replace config fields."""
+        hub, overrides = split_hub_options(kwargs)
+        directory, fmt = resolve_checkpoint(name_or_path, weights=False, **hub)
+        config = cls.from_checkpoint_directory(directory, fmt)
+        return dataclasses.replace(config, **overrides) if overrides else config
 
-        hub = {k: kwargs.pop(k) for k in list(kwargs) if k in HUB_OPTIONS}
-        config = load_config(name_or_path, **hub)
-        return dataclasses.replace(config, **kwargs) if kwargs else config
+    @classmethod
+    def from_checkpoint_directory(cls, directory: Path, fmt: str) -> "HiggsAudioV2TokenizerConfig":
+        """The config in a checkpoint directory of format `fmt` ("transformers" or "original")."""
+        data = read_json(Path(directory) / CONFIG_NAME)
+        try:
+            return cls.from_dict(data) if fmt == "transformers" else cls.from_original_dict(data)
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{Path(directory) / CONFIG_NAME}: {err}") from None
 
 
 def _number(value: Any):

@@ -15,6 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import write_atomic
+from .checkpoint_files import PREPROCESSOR_NAME, read_json, resolve_checkpoint
+from .config import HiggsAudioV2TokenizerConfig
+
 
 class BatchFeature(dict):
     """A dict whose entries are also attributes (`inputs.input_values`), movable with `.to()`."""
@@ -67,23 +71,21 @@ class HiggsAudioV2TokenizerFeatureExtractor:
         self.extra = extra
 
     @classmethod
-    def from_model_config(cls, config) -> "HiggsAudioV2TokenizerFeatureExtractor":
+    def from_model_config(cls, config: HiggsAudioV2TokenizerConfig) -> "HiggsAudioV2TokenizerFeatureExtractor":
         return cls(sampling_rate=config.sample_rate, hop_length=config.hop_length)
 
     @classmethod
     def from_pretrained(cls, name_or_path, **hub):
         """From `preprocessor_config.json`, or derived from the model config where there is none
-        (original-format checkpoints have none). Reads no weights. `hub`: see `resolve_checkpoint`."""
-        from .checkpoint import PREPROCESSOR_NAME, config_from_directory, resolve_checkpoint
-
+        (original-format checkpoints have none). Reads no weights. `hub`: the Hub options
+        (`checkpoint_files.HUB_OPTIONS`)."""
         directory, fmt = resolve_checkpoint(name_or_path, weights=False, **hub)
         path = Path(directory) / PREPROCESSOR_NAME
         if path.is_file():
-            with open(path) as f:
-                data = json.load(f)
+            data = read_json(path)
             data.pop("feature_extractor_type", None)
             return cls(**data)
-        return cls.from_model_config(config_from_directory(directory, fmt))
+        return cls.from_model_config(HiggsAudioV2TokenizerConfig.from_checkpoint_directory(directory, fmt))
 
     def to_dict(self) -> dict:
         return {
@@ -101,8 +103,10 @@ class HiggsAudioV2TokenizerFeatureExtractor:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write `preprocessor_config.json` into `directory`, atomically."""
         os.makedirs(directory, exist_ok=True)
-        Path(directory, "preprocessor_config.json").write_text(self.to_json_string())
+        text = self.to_json_string()
+        write_atomic(Path(directory) / PREPROCESSOR_NAME, lambda path: Path(path).write_text(text))
 
     def __call__(
         self,

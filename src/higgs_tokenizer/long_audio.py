@@ -90,8 +90,7 @@ def encode_long(
     """Codes `[n_q, frames]` of the whole recording in `source`, window by window, encoded
     as the clip alone: at the model's `valid_length` (zeros past the recording)."""
     config = model.config
-    rule = model._length_rule(length_rule)
-    num_quantizers = config.num_quantizers_for_bandwidth(bandwidth)
+    rule = length_rule or config.length_rule
     hop = config.hop_length
     n = model.valid_length(source.num_samples, rule)
     window_frames = max(1, round(window_seconds * config.frame_rate))
@@ -99,7 +98,7 @@ def encode_long(
     if n < model.min_input_length(rule):
         raise ValueError(f"input of {n} samples is too short: the shortest this model encodes is {model.min_input_length(rule)}")
     total = model.code_frames(n, rule)
-    pad = model._acoustic_padding(n, model.semantic_frames(n), rule)
+    pad = model.acoustic_padding(n, rule)
     pieces = []
     for core_start, core_stop, start, stop in window_plan(total, window_frames, context_frames):
         last = stop == total
@@ -111,12 +110,9 @@ def encode_long(
         raw = source.read(offset, max(semantic_stop, acoustic_stop - pad))
         semantic = raw[start * hop - offset : semantic_stop - offset]
         acoustic = _padded_slice(raw, offset, start * hop - pad, acoustic_stop - pad, n)
-        semantic_t = torch.from_numpy(np.ascontiguousarray(semantic))[None, None].to(model.device, model.dtype)
-        acoustic_t = torch.from_numpy(np.ascontiguousarray(acoustic))[None, None].to(model.device, model.dtype)
-        if not torch.isfinite(semantic_t).all():
-            raise ValueError("audio contains NaN or infinite samples")
-        embeddings, _ = model.embed_branches(semantic_t, None, acoustic_t, None, rule)
-        codes = model.quantizer.encode(embeddings, num_quantizers)[0]
+        semantic_t = torch.from_numpy(np.ascontiguousarray(semantic))[None, None]
+        acoustic_t = torch.from_numpy(np.ascontiguousarray(acoustic))[None, None]
+        codes = model.encode_window(semantic_t, acoustic_t, bandwidth, rule)[0]
         pieces.append(codes[:, core_start - start : core_stop - start].cpu())
     return torch.cat(pieces, dim=1)
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .acoustic import AcousticDecoder, AcousticEncoder
+from .checkpoint import load_pretrained, save_pretrained
 from .config import LENGTH_RULES, HiggsAudioV2TokenizerConfig
 from .hubert import HubertModel
 from .layers import Snake1d, conv_stack_output_length, snake_reference, zero_padding
@@ -94,13 +95,9 @@ class HiggsAudioV2TokenizerModel(nn.Module):
         device_map=None,
         device=None,
         dtype=None,
-        length_rule: str | None = None,
         torch_dtype=None,
-        revision: str | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        token: str | bool | None = None,
-        local_files_only: bool = False,
-        **config_overrides,
+        length_rule: str | None = None,
+        **options,
     ) -> "HiggsAudioV2TokenizerModel":
         """Load a checkpoint: a local directory or a Hub id, in transformers or original format.
 
@@ -109,22 +106,18 @@ class HiggsAudioV2TokenizerModel(nn.Module):
         (or its older name `torch_dtype`): a torch dtype or its name, or "auto"
         for the checkpoint's; the default is float32 (transformers defaults to
         "auto", which is float32 for every published checkpoint). `length_rule`:
-        "transformers" (default) or "original" (see `encode`). Other keyword
-        arguments replace config fields. On the CPU, loading also tunes the
-        process's allocator for large tensors (`runtime.tune_cpu_allocator`).
+        "transformers" (default) or "original" (see `encode`). `options`: the Hub
+        options (`checkpoint_files.HUB_OPTIONS`) and config fields to replace. On the
+        CPU, loading also tunes the process's allocator for large tensors
+        (`runtime.tune_cpu_allocator`).
         """
-        from .checkpoint import load_pretrained
-
         model = load_pretrained(
             cls,
             name_or_path,
             device=_resolve_device(device_map if device is None else device),
             dtype=dtype if dtype is not None else torch_dtype,
-            config_overrides={**config_overrides, "length_rule": length_rule},
-            revision=revision,
-            cache_dir=cache_dir,
-            token=token,
-            local_files_only=local_files_only,
+            length_rule=length_rule,
+            **options,
         )
         if model.device.type == "cpu":
             tune_cpu_allocator()
@@ -132,8 +125,6 @@ class HiggsAudioV2TokenizerModel(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write a transformers-format checkpoint (config, safetensors, preprocessor config)."""
-        from .checkpoint import save_pretrained
-
         save_pretrained(self, directory)
 
     def compile_kernels(self, **compile_options) -> "HiggsAudioV2TokenizerModel":
@@ -195,7 +186,12 @@ class HiggsAudioV2TokenizerModel(nn.Module):
             frames = -(-frames // step)
         return features, frames
 
-    def _acoustic_padding(self, num_samples: int, semantic_frames: int, length_rule: str) -> int:
+    def acoustic_padding(self, num_samples: int, length_rule: str | None = None) -> int:
+        """Zeros the length rule adds on each side of a waveform of `num_samples` before the
+        acoustic encoder (0 when the two branches already give the same frame count)."""
+        return self._length_rule_padding(num_samples, self.semantic_frames(num_samples), self._length_rule(length_rule))
+
+    def _length_rule_padding(self, num_samples: int, semantic_frames: int, length_rule: str) -> int:
         """Zeros added on each side of the waveform before the acoustic encoder.
 
         Both references pad only when the acoustic branch would not give the
@@ -208,8 +204,8 @@ class HiggsAudioV2TokenizerModel(nn.Module):
             return self.config.hop_length // 2
         return SEMANTIC_PADDING * self.config.semantic_downsample_factor
 
-    def embed(self, input_values: torch.Tensor, padding_mask: torch.Tensor | None = None, length_rule: str | None = None):
-        """Pre-quantization embeddings `[B, frames, hidden]` (after `fc`) and each item's frame count `[B]`.
+    def latents(self, input_values: torch.Tensor, padding_mask: torch.Tensor | None = None, length_rule: str | None = None):
+        """Pre-quantization latents `[B, frames, hidden]` (after `fc`) and each item's frame count `[B]`.
 
         With `padding_mask` (`[B, samples]`, 1 for audio, right padding) every item gets
         exactly what it would get alone (see `valid_length`); frames past an item's count
@@ -220,7 +216,7 @@ class HiggsAudioV2TokenizerModel(nn.Module):
         batch = input_values.shape[0]
         sample_counts = lengths.tolist() if lengths is not None else [input_values.shape[-1]] * batch
         semantic_counts = [self.semantic_frames(n) for n in sample_counts]
-        pads = [self._acoustic_padding(n, t, length_rule) for n, t in zip(sample_counts, semantic_counts)]
+        pads = [self._length_rule_padding(n, t, length_rule) for n, t in zip(sample_counts, semantic_counts)]
         if lengths is None and len(set(pads)) == 1:
             acoustic_input, acoustic_lengths = F.pad(input_values, (pads[0], pads[0])), None
         else:
@@ -229,7 +225,7 @@ class HiggsAudioV2TokenizerModel(nn.Module):
             acoustic_input = input_values.new_zeros(batch, 1, int(acoustic_lengths.max()))
             for i, (n, p) in enumerate(zip(sample_counts, pads)):
                 acoustic_input[i, :, p : p + n] = input_values[i, :, :n]
-        return self.embed_branches(input_values, lengths, acoustic_input, acoustic_lengths, length_rule)
+        return self._branch_latents(input_values, lengths, acoustic_input, acoustic_lengths, length_rule)
 
     def valid_length(self, num_samples, length_rule: str | None = None):
         """The samples a clip of `num_samples` is encoded from when it is encoded alone
@@ -264,9 +260,9 @@ class HiggsAudioV2TokenizerModel(nn.Module):
             input_values = input_values[..., :width]
         return input_values, None if bool((lengths == width).all()) else lengths
 
-    def embed_branches(self, semantic_input, semantic_lengths, acoustic_input, acoustic_lengths, length_rule: str):
-        """Embeddings from the waveform each branch sees: the acoustic input already carries
-        the length rule's padding. Windowed encoding cuts the two from different grids."""
+    def _branch_latents(self, semantic_input, semantic_lengths, acoustic_input, acoustic_lengths, length_rule: str):
+        """Latents from the waveform each branch sees: the acoustic input already carries the
+        length rule's padding. Windowed encoding cuts the two from different grids."""
         features, semantic_frames = self._semantic_features(semantic_input, semantic_lengths)
         e_semantic = self.encoder_semantic(features.transpose(1, 2), semantic_frames)
         if semantic_frames is not None:
@@ -311,16 +307,38 @@ class HiggsAudioV2TokenizerModel(nn.Module):
         whole tensor is encoded as audio, as the reference does.
         """
         num_quantizers = self.config.num_quantizers_for_bandwidth(bandwidth)
-        input_values = self._check_waveform(input_values, length_rule, padding_mask)
+        input_values = self._check_waveform(input_values)
+        self._check_lengths(input_values, padding_mask, length_rule)
         with full_float32(self.device, self.dtype, enabled=not self.allow_tf32):
-            embeddings, frames = self.embed(input_values, padding_mask, length_rule)
-            codes = self.quantizer.encode(embeddings, num_quantizers)
+            latents, frames = self.latents(input_values, padding_mask, length_rule)
+            codes = self.quantizer.encode(latents, num_quantizers)
         if padding_mask is None:
             return self._wrap(HiggsAudioV2TokenizerEncoderOutput(codes), return_dict)
         codes = zero_padding(codes, frames)
         if not (self.config.return_dict if return_dict is None else return_dict):
             return codes
         return HiggsAudioV2TokenizerEncoderOutput(codes, frames)
+
+    def encode_window(
+        self,
+        semantic_input: torch.Tensor,
+        acoustic_input: torch.Tensor,
+        bandwidth: float | None = None,
+        length_rule: str | None = None,
+    ) -> torch.Tensor:
+        """Codes `[batch, n_q, frames]` of one window of a longer recording (see `long_audio`).
+
+        Each branch gets its own cut of the recording: `semantic_input` the recording's
+        samples of the window, `acoustic_input` the same span of the recording padded by
+        `acoustic_padding` on both sides, so that both lie on the whole recording's frame
+        grid. The checks and the float32 guard are those of `encode`.
+        """
+        length_rule = self._length_rule(length_rule)
+        num_quantizers = self.config.num_quantizers_for_bandwidth(bandwidth)
+        semantic_input, acoustic_input = self._check_waveform(semantic_input), self._check_waveform(acoustic_input)
+        with full_float32(self.device, self.dtype, enabled=not self.allow_tf32):
+            latents, _ = self._branch_latents(semantic_input, None, acoustic_input, None, length_rule)
+            return self.quantizer.encode(latents, num_quantizers)
 
     # --------------------------------------------------------------- decoding
     def decode(self, audio_codes: torch.Tensor, return_dict: bool | None = None, code_lengths: torch.Tensor | None = None):
@@ -329,7 +347,7 @@ class HiggsAudioV2TokenizerModel(nn.Module):
         `code_lengths` (`[batch]`, from `encode` with a padding mask): each item is decoded
         as if alone, and its audio past `code_lengths * hop` samples is zero.
         """
-        audio_codes = self._check_codes(audio_codes)
+        audio_codes = self.check_codes(audio_codes)
         if code_lengths is not None:
             code_lengths = torch.as_tensor(code_lengths, dtype=torch.long).cpu()
             if code_lengths.shape != (audio_codes.shape[0],) or not ((code_lengths >= 1) & (code_lengths <= audio_codes.shape[2])).all():
@@ -404,7 +422,7 @@ class HiggsAudioV2TokenizerModel(nn.Module):
         semantic = self.semantic_frames(num_samples)
         if semantic < 1:
             return 0
-        pad = self._acoustic_padding(num_samples, semantic, length_rule)
+        pad = self._length_rule_padding(num_samples, semantic, length_rule)
         acoustic = conv_stack_output_length(self.acoustic_encoder, num_samples + 2 * pad)
         if length_rule == "transformers" and acoustic != semantic:
             return 0
@@ -443,7 +461,8 @@ class HiggsAudioV2TokenizerModel(nn.Module):
             raise ValueError("padding_mask must be 1 for the audio then 0 for the padding (right padding only)")
         return lengths
 
-    def _check_waveform(self, input_values, length_rule: str | None = None, padding_mask=None) -> torch.Tensor:
+    def _check_waveform(self, input_values) -> torch.Tensor:
+        """A float waveform `[batch, 1, samples]` with finite samples, on the model's device and dtype."""
         if not isinstance(input_values, torch.Tensor):
             raise TypeError(f"input_values must be a torch.Tensor [batch, 1, samples], got {type(input_values).__name__}")
         if input_values.dim() != 3:
@@ -463,9 +482,13 @@ class HiggsAudioV2TokenizerModel(nn.Module):
             raise ValueError(f"input_values is empty: shape {tuple(input_values.shape)}")
         if not torch.isfinite(input_values).all():
             raise ValueError("input_values contains NaN or infinite samples")
+        return input_values.to(device=self.device, dtype=self.dtype)
+
+    def _check_lengths(self, input_values, padding_mask, length_rule: str | None) -> None:
+        """Every item is long enough to encode, at its valid length when masked."""
         shortest = self.min_input_length(length_rule)
         if padding_mask is None:
-            counts = [num_samples]
+            counts = [input_values.shape[-1]]
         else:
             counts = self.valid_length(self._mask_lengths(input_values, padding_mask), length_rule).tolist()
         for i, n in enumerate(counts):
@@ -475,9 +498,10 @@ class HiggsAudioV2TokenizerModel(nn.Module):
                     f"{item}: too short: the shortest this model encodes is "
                     f"{shortest} samples ({shortest / self.config.sample_rate * 1000:.1f} ms)"
                 )
-        return input_values.to(device=self.device, dtype=self.dtype)
 
-    def _check_codes(self, audio_codes) -> torch.Tensor:
+    def check_codes(self, audio_codes) -> torch.Tensor:
+        """`audio_codes` `[batch, n_q, frames]` as int64 on the model's device, or a clear error:
+        an integer tensor with 1 to `num_quantizers` rows and values in [0, codebook_size)."""
         if not isinstance(audio_codes, torch.Tensor):
             raise TypeError(f"audio_codes must be a torch.Tensor [batch, n_q, frames], got {type(audio_codes).__name__}")
         if audio_codes.dim() != 3:
@@ -514,3 +538,8 @@ def _resolve_device(device) -> torch.device | None:
     if isinstance(device, int):
         return torch.device("cuda", device)
     return torch.device(device)
+
+
+def convert_original_to_transformers(source: str | os.PathLike, destination: str | os.PathLike, **options) -> None:
+    """Read an original-format checkpoint (directory or Hub id) and write it in the transformers format."""
+    HiggsAudioV2TokenizerModel.from_pretrained(source, **options).save_pretrained(destination)

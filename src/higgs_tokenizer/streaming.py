@@ -85,15 +85,16 @@ class StreamingDecoder:
         batched = codes.dim() == 3
         if codes.dim() not in (2, 3):
             raise ValueError(f"push codes of shape [n_q, frames] or [batch, n_q, frames], got {tuple(codes.shape)}")
-        if self._batched is None:
-            self._batched = batched
-        elif batched != self._batched:
+        if self._batched is not None and batched != self._batched:
             raise ValueError("mixing batched and unbatched pushes in one stream")
         codes = codes if batched else codes[None]
         if codes.shape[-1] == 0:
             return self._empty(codes.shape[0])
         if self._codes is not None and codes.shape[:2] != self._codes.shape[:2]:
             raise ValueError(f"pushed codes have shape {tuple(codes.shape[:2])}[...]; this stream has {tuple(self._codes.shape[:2])}")
+        # Checked before anything is kept: a refused push leaves the stream as it was.
+        codes = self.model.check_codes(codes)
+        self._batched = batched
         self._codes = codes if self._codes is None else torch.cat([self._codes, codes.to(self._codes.device)], dim=-1)
         self._received += codes.shape[-1]
         return self._emit(self._received - self.right)

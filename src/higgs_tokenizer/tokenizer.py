@@ -51,6 +51,10 @@ class HiggsAudioTokenizer:
             batch_size = 1 if model.device.type == "cpu" else 8
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not window_seconds > 0 or not context_seconds >= 0:
+            raise ValueError(
+                f"window_seconds must be positive and context_seconds at least 0, got {window_seconds} and {context_seconds}"
+            )
         self.batch_size = batch_size
         self.window_seconds = window_seconds
         self.context_seconds = context_seconds
@@ -269,7 +273,7 @@ class HiggsAudioTokenizer:
         if isinstance(item, (str, os.PathLike)):
             item = load_codes(item)
         if isinstance(item, EncodedAudio):
-            item.check_model(self.identity)
+            item.check_model(self.identity, self.config)
             audio = self._decode_one(item.codes, chunk_frames)
             # Restore the recording's length (the last frame is cut, or, rarely, padded).
             audio = audio[: item.num_samples]

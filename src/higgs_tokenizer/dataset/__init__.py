@@ -3,8 +3,9 @@
     from higgs_tokenizer.dataset import tokenize_dataset
     manifest = tokenize_dataset("corpus/", "tokens/", tokenizer)
 
-Needs pyarrow (the `[dataset]` extra). See `sources` (what an item is),
-`shards` (the output and how it is committed) and `local` (the engine).
+Needs pyarrow (the `[dataset]` extra). See `sources` (what an item is), `columns`
+(the source columns passed through), `shards` (the output and how it is committed),
+`job` (what both engines share), and the engines: `local` and `ray_engine`.
 """
 
 from .local import tokenize_dataset

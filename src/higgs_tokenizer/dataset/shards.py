@@ -1,33 +1,31 @@
-"""The output of a corpus job: Parquet shards, an errors table, a plan and a manifest.
+"""The output of a corpus job on disk: Parquet shards, an errors table, the plan and the manifest.
 
-    OUTPUT/plan.json                 what the job is (source fingerprint, shard size, model)
+    OUTPUT/plan.json                 what the job is (source fingerprint, shard size, model, length rule)
     OUTPUT/data/part-00000.parquet   id, codes, num_frames, num_samples, duration, source, passed-through columns
-    OUTPUT/errors/part-00000.parquet id, source, error (only for shards with failures)
+    OUTPUT/errors/part-00000.parquet id, source, error (only shards with failures)
     OUTPUT/dataset.json              model identity and config, counts, hours, shards, errors
 
 Shard k holds items [k × shard_size, (k + 1) × shard_size) of the source's fixed
-order. A shard is committed by renaming its finished data file into place
-(after its errors file), so a shard is either whole or absent: a rerun redoes
-exactly the shards whose data file is missing, and no item can appear twice.
+order. A shard is committed when its files together hold exactly its ids. Each
+file is written beside its final name and renamed into place, the errors file
+first and the data file last, so a shard cut short holds fewer ids and is redone
+whole, and no item can appear twice. A shard whose items all failed has no data
+file: its errors file commits it (a 0-row Parquet file stops readers such as
+`datasets`).
 """
 
 from __future__ import annotations
 
-import base64
 import json
+import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-
-import numpy as np
 
 from ..atomic import write_atomic
 
 FORMAT = "higgs-tokenizer-dataset"
-VERSION = 1
-OUTPUT_COLUMNS = ("id", "codes", "num_frames", "num_samples", "duration", "source")
-# A source column named like an output column is kept under this prefix.
-RENAMED_PREFIX = "meta_"
+VERSION = 2  # 2: a shard with no encoded item has no data file ("file": null in the manifest)
 
 
 class OutputError(ValueError):
@@ -60,36 +58,10 @@ class Plan:
     def shard_range(self, shard: int) -> range:
         return range(shard * self.shard_size, min(self.num_items, (shard + 1) * self.shard_size))
 
-    def same_job(self, other: "Plan") -> list[str]:
+    def differences(self, other: "Plan") -> list[str]:
         """The fields that differ from `other`, apart from when each was made."""
         mine, theirs = asdict(self), asdict(other)
         return [k for k in mine if k != "created" and mine[k] != theirs[k]]
-
-
-def extra_schema(extras: list[dict]):
-    """One Arrow schema for the passed-through columns of every item (so all shards agree),
-    colliding names prefixed."""
-    import pyarrow as pa
-
-    if not extras or not any(extras):
-        return pa.schema([])
-    schema = pa.Table.from_pylist([_renamed(e) for e in extras]).schema
-    # A column that is null everywhere has no type to keep; store it as text.
-    return pa.schema([f.with_type(pa.string()) if pa.types.is_null(f.type) else f for f in schema])
-
-
-def _renamed(extra: dict) -> dict:
-    return {(RENAMED_PREFIX + k if k in OUTPUT_COLUMNS else k): v for k, v in extra.items()}
-
-
-def encode_schema(schema) -> str:
-    return base64.b64encode(schema.serialize().to_pybytes()).decode()
-
-
-def decode_schema(text: str):
-    import pyarrow as pa
-
-    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text))) if text else pa.schema([])
 
 
 class OutputDir:
@@ -107,8 +79,12 @@ class OutputDir:
         """Record `plan`, or check it against the one recorded; returns the plan in force."""
         path = self.root / "plan.json"
         if path.exists():
-            recorded = Plan(**json.loads(path.read_text()))
-            differing = recorded.same_job(plan)
+            recorded = json.loads(path.read_text())
+            names = {f.name for f in fields(Plan)}
+            if set(recorded) - names or names - {"created"} - set(recorded):
+                raise OutputError(f"{self.root} holds a job of another version of this tool; use a new --output or --overwrite")
+            recorded = Plan(**recorded)
+            differing = recorded.differences(plan)
             if differing:
                 raise OutputError(
                     f"{self.root} holds another job (it differs in: {', '.join(differing)}); "
@@ -122,36 +98,48 @@ class OutputDir:
         write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(asdict(plan), indent=1)))
         return plan
 
+    def clear(self) -> None:
+        """Delete the job recorded here, refusing a directory that holds something else."""
+        if self.root.exists():
+            if any(self.root.iterdir()) and not (self.root / "plan.json").exists():
+                raise OutputError(f"{self.root} is not a tokenize-dataset output; not deleting it")
+            shutil.rmtree(self.root)
+
+    def remove_leftovers(self) -> None:
+        """Delete writes cut short by a kill; their shards are simply not committed."""
+        for folder in (self.root / "data", self.root / "errors"):
+            for leftover in folder.glob(".*.tmp") if folder.exists() else ():
+                leftover.unlink()
+
     # ------------------------------------------------------------------ shards
-    def committed(self, shard: int, ids: list[str]) -> bool:
-        """Whether shard `shard` is on disk whole: its data file (and errors file) hold exactly `ids`."""
+    def committed_errors(self, shard: int, ids: list[str]) -> int | None:
+        """How many of shard `shard`'s items failed, if it is committed (its files hold
+        exactly `ids`); None if it is not."""
         import pyarrow.parquet as pq
 
-        data = self.data_path(shard)
-        if not data.exists():
-            return False
+        found, failed = [], 0
         try:
-            found = pq.read_table(data, columns=["id"]).column(0).to_pylist()
-            errors = self.errors_path(shard)
-            if errors.exists():
-                found += pq.read_table(errors, columns=["id"]).column(0).to_pylist()
+            if self.data_path(shard).exists():
+                found += pq.read_table(self.data_path(shard), columns=["id"]).column(0).to_pylist()
+            if self.errors_path(shard).exists():
+                errors = pq.read_table(self.errors_path(shard), columns=["id"]).column(0).to_pylist()
+                found, failed = found + errors, len(errors)
         except Exception:
-            return False  # unreadable: redo it
-        return sorted(found) == sorted(ids)
+            return None  # unreadable: redo it
+        return failed if sorted(found) == sorted(ids) else None
 
-    def commit(self, shard: int, rows: list[dict], errors: list[dict], plan: Plan) -> None:
-        """Write shard `shard`: its errors (if any), then its data file, which marks it done."""
-        import pyarrow as pa
+    def commit(self, shard: int, data, errors) -> None:
+        """Write shard `shard`: `errors` then `data` (Arrow tables, or None for none)."""
         import pyarrow.parquet as pq
 
-        errors_path = self.errors_path(shard)
-        if errors:
-            table = pa.Table.from_pylist(errors, schema=errors_schema())
-            write_atomic(errors_path, lambda tmp: pq.write_table(table, tmp))
-        elif errors_path.exists():
-            errors_path.unlink()  # left by an earlier try whose data file never landed
-        table = shard_table(rows, plan)
-        write_atomic(self.data_path(shard), lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+        # Files of an earlier try go first, so that the shard's files cannot add up to its ids across two tries.
+        self.data_path(shard).unlink(missing_ok=True)
+        if errors is not None:
+            write_atomic(self.errors_path(shard), lambda tmp: pq.write_table(errors, tmp))
+        else:
+            self.errors_path(shard).unlink(missing_ok=True)
+        if data is not None:
+            write_atomic(self.data_path(shard), lambda tmp: pq.write_table(data, tmp, compression="zstd"))
 
     # ------------------------------------------------------------------ manifest
     def finish(self, plan: Plan, config: dict, bandwidth: float | None, tool_version: str) -> dict:
@@ -160,14 +148,14 @@ class OutputDir:
 
         shards, encoded, seconds, error_rows = [], 0, 0.0, []
         for shard in range(plan.num_shards):
-            data = pq.read_table(self.data_path(shard), columns=["duration"])
-            rows = data.num_rows
-            errors = self.errors_path(shard)
+            data, errors = self.data_path(shard), self.errors_path(shard)
+            durations = pq.read_table(data, columns=["duration"]).column(0).to_pylist() if data.exists() else []
             failed = pq.read_table(errors).to_pylist() if errors.exists() else []
             error_rows += failed
-            encoded += rows
-            seconds += float(np.sum(data.column(0).to_numpy())) if rows else 0.0
-            shards.append({"file": self.data_path(shard).relative_to(self.root).as_posix(), "rows": rows, "errors": len(failed)})
+            encoded += len(durations)
+            seconds += sum(durations)
+            shards.append({"file": data.relative_to(self.root).as_posix() if data.exists() else None,
+                           "rows": len(durations), "errors": len(failed)})
         manifest = {
             "format": FORMAT,
             "version": VERSION,
@@ -189,29 +177,3 @@ class OutputDir:
         }
         write_atomic(self.root / "dataset.json", lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1)))
         return manifest
-
-
-def errors_schema():
-    import pyarrow as pa
-
-    return pa.schema([("id", pa.string()), ("source", pa.string()), ("error", pa.string())])
-
-
-def shard_table(rows: list[dict], plan: Plan):
-    """Rows (id, codes [n_q, frames] int array, num_samples, source, extra) → the shard's Arrow table."""
-    import pyarrow as pa
-
-    extras = decode_schema(plan.extra_schema)
-    codes_type = pa.list_(pa.list_(pa.int16()))
-    columns = {
-        "id": pa.array([r["id"] for r in rows], pa.string()),
-        "codes": pa.array([np.asarray(r["codes"], dtype=np.int16).tolist() for r in rows], codes_type),
-        "num_frames": pa.array([int(np.shape(r["codes"])[1]) for r in rows], pa.int32()),
-        "num_samples": pa.array([int(r["num_samples"]) for r in rows], pa.int64()),
-        "duration": pa.array([r["num_samples"] / plan.sample_rate for r in rows], pa.float64()),
-        "source": pa.array([r["source"] for r in rows], pa.string()),
-    }
-    renamed = [_renamed(r.get("extra", {})) for r in rows]
-    for f in extras:
-        columns[f.name] = pa.array([e.get(f.name) for e in renamed], f.type)
-    return pa.table(columns)

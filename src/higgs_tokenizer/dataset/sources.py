@@ -48,7 +48,6 @@ class Columns:
 class Listing:
     items: list[Item]
     kind: str  # "directory", "jsonl", "csv", "tsv" or "parquet"
-    extra_columns: list[str]
 
     def fingerprint(self) -> str:
         """sha256 of the ids and sources in order: a resume must see the same list."""
@@ -69,7 +68,7 @@ def list_items(source: str | os.PathLike, columns: Columns = Columns()) -> Listi
         audio = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
         parquet = sorted(source.rglob("*.parquet"))
         if audio or not parquet:
-            listing = Listing([Item(id=p.relative_to(source).as_posix(), source=p.relative_to(source).as_posix(), path=str(p)) for p in audio], "directory", [])
+            listing = Listing([Item(id=p.relative_to(source).as_posix(), source=p.relative_to(source).as_posix(), path=str(p)) for p in audio], "directory")
         else:
             listing = _list_parquet(parquet, source, id_column, audio_column)
     elif source.suffix.lower() == ".parquet":
@@ -83,43 +82,46 @@ def list_items(source: str | os.PathLike, columns: Columns = Columns()) -> Listi
 
 
 def _list_manifest(path: Path, kind: str, path_column: str, id_column: str) -> Listing:
+    rows = []  # (where, row)
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        # utf-8-sig: a byte-order mark (as spreadsheet tools write) is not part of the first column's name.
+        with open(path, newline="", encoding="utf-8-sig") as f:
             if kind == "jsonl":
-                rows = []
                 for number, line in enumerate(f, 1):
                     if line.strip():
                         row = json.loads(line)
                         if not isinstance(row, dict):
                             raise SourceError(f"{path}:{number}: each line must be a JSON object")
-                        rows.append(row)
+                        rows.append((f"{path}: line {number}", row))
             else:
-                rows = list(csv.DictReader(f, delimiter="\t" if kind == "tsv" else ","))
+                reader = csv.DictReader(f, delimiter="\t" if kind == "tsv" else ",")
+                for number, row in enumerate(reader, 1):
+                    if None in row:
+                        raise SourceError(f"{path}: row {number}: more fields than the header names")
+                    rows.append((f"{path}: row {number}", row))
     except json.JSONDecodeError as err:
         raise SourceError(f"{path}: line {err.lineno}: not JSON ({err.msg})") from None
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise SourceError(f"{path}: cannot read the manifest ({err})") from None
-    items, extra_columns = [], []
-    for number, row in enumerate(rows, 1):
-        where = f"{path}: row {number}"
+    items = []
+    for where, row in rows:
         value = row.get(path_column)
-        if not isinstance(value, str) or not value:
+        if path_column not in row:
             raise SourceError(f"{where}: no {path_column!r} column (set --path-column); columns: {sorted(row)}")
+        if not isinstance(value, str) or not value:
+            raise SourceError(f"{where}: the {path_column!r} value is not a path: {value!r} ({type(value).__name__})")
         item_id = row.get(id_column)
         item_id = str(item_id) if item_id not in (None, "") else value
         extra = {k: v for k, v in row.items() if k not in (path_column, id_column)}
-        for key in extra:
-            if key not in extra_columns:
-                extra_columns.append(key)
         audio_path = Path(value) if Path(value).is_absolute() else path.parent / value
         items.append(Item(id=item_id, source=value, path=str(audio_path), extra=extra))
-    return Listing(items, kind, extra_columns)
+    return Listing(items, kind)
 
 
 def _list_parquet(files: list[Path], root: Path, id_column: str, audio_column: str) -> Listing:
     import pyarrow.parquet as pq
 
-    items, extra_columns = [], None
+    items = []
     for file in files:
         try:
             parquet = pq.ParquetFile(file)
@@ -129,8 +131,6 @@ def _list_parquet(files: list[Path], root: Path, id_column: str, audio_column: s
         if audio_column not in names:
             raise SourceError(f"{file}: no {audio_column!r} column (set --audio-column); columns: {names}")
         others = [n for n in names if n != audio_column]
-        if extra_columns is None:
-            extra_columns = [n for n in others if n != id_column]
         # Everything but the audio: ids and columns to pass through, without reading the audio bytes.
         table = parquet.read(columns=others) if others else None
         rows = table.to_pylist() if table is not None else [{}] * parquet.metadata.num_rows
@@ -140,7 +140,7 @@ def _list_parquet(files: list[Path], root: Path, id_column: str, audio_column: s
             item_id = str(item_id) if item_id not in (None, "") else f"{name}#{index}"
             extra = {k: v for k, v in row.items() if k != id_column}
             items.append(Item(id=item_id, source=f"{name}#{index}", parquet=(str(file), index, audio_column), extra=extra))
-    return Listing(items, "parquet", extra_columns or [])
+    return Listing(items, "parquet")
 
 
 def _check_unique(items: list[Item], source: Path) -> None:

@@ -1,8 +1,8 @@
 """Speed benchmark, side by side with the transformers reference.
 
-    python -m higgs_tokenizer.bench                       # CPU, float32, full-size model
-    python -m higgs_tokenizer.bench --runs 5 --threads all 1 --output docs/benchmark-results.md
-    python -m higgs_tokenizer.bench --device cuda --dtype float32 bfloat16 float16 --compile
+    python benchmarks/speed.py                       # CPU, float32, full-size model
+    python benchmarks/speed.py --runs 5 --threads all 1 --output docs/benchmark-results.md
+    python benchmarks/speed.py --device cuda --dtype float32 bfloat16 float16 --compile
 
 The model is the full-size one (`--config`, by default
 ../shared/reference/transformers_full_config.json) with seeded random weights:
@@ -38,103 +38,22 @@ import time
 from pathlib import Path
 
 import torch
+from common import (
+    AUDIO_DIR,
+    FULL_CONFIG,
+    HOP,
+    REPO,
+    SAMPLE_RATE,
+    SEED,
+    WORK_DIR,
+    PeakRss,
+    current_rss,
+    matmul_peak,
+    prepare_model_and_inputs,
+    time_runs,
+)
 
 CASES = ("1s", "10s", "60s", "batch16")
-SAMPLE_RATE = 24000
-HOP = 960
-BATCH_SECONDS = (0.5, 5.0)
-
-
-# ----------------------------------------------------------------------------- model and inputs
-def default_shared_dir() -> Path:
-    if "HIGGS_SHARED_DIR" in os.environ:
-        return Path(os.environ["HIGGS_SHARED_DIR"])
-    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        if (base.parent / "shared").is_dir():
-            return base.parent / "shared"
-    return Path.cwd() / "shared"
-
-
-@torch.no_grad()
-def randomize(model, seed: int) -> None:
-    """Fan-in scaled convs and varied Snake α (the default init leaves the decoder near-constant)."""
-    g = torch.Generator().manual_seed(seed)
-    for part in (model.acoustic_encoder, model.acoustic_decoder, model.encoder_semantic, model.decoder_semantic):
-        for mod in part.modules():
-            if isinstance(mod, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)):
-                w = mod.weight
-                transposed = isinstance(mod, torch.nn.ConvTranspose1d)
-                fan_in = w.shape[0] * w.shape[2] // max(1, mod.stride[0]) if transposed else w.shape[1] * w.shape[2]
-                w.copy_(torch.randn(w.shape, generator=g) / fan_in**0.5)
-                if mod.bias is not None:
-                    mod.bias.copy_(torch.rand(mod.bias.shape, generator=g) * 0.1 - 0.05)
-            alpha = getattr(mod, "alpha", None)
-            if isinstance(alpha, torch.Tensor):
-                alpha.copy_(torch.rand(alpha.shape, generator=g) * 1.5 + 0.5)
-
-
-@torch.inference_mode()
-def calibrate_codebooks(model, clips: list[torch.Tensor], seed: int) -> None:
-    """Codewords drawn around the statistics of the residual each stage sees."""
-    g = torch.Generator().manual_seed(seed)
-    residual = torch.cat([model.embed(clip.view(1, 1, -1))[0][0] for clip in clips])
-    for q in model.quantizer.quantizers:
-        z = q.project_in(residual)
-        embed = z.mean(0) + z.std(0) * torch.randn(q.codebook.embed.shape, generator=g)
-        q.codebook.embed.copy_(embed)
-        q.codebook.embed_avg.copy_(embed)
-        residual = residual - q.decode(q.codebook.encode(z))
-
-
-def speech(audio_dir: Path, seconds: float, seed: int) -> torch.Tensor:
-    """`seconds` of speech at 24 kHz: the recordings in `audio_dir` in turn, looped;
-    without recordings (or soundfile), seeded noise shaped like syllables."""
-    n = int(seconds * SAMPLE_RATE)
-    waves = []
-    try:
-        from .audio import load_audio
-
-        waves = [torch.from_numpy(load_audio(p, SAMPLE_RATE)[0]) for p in sorted(audio_dir.glob("*.wav"))]
-    except ImportError:
-        pass
-    if not waves:
-        g = torch.Generator().manual_seed(seed)
-        t = torch.arange(n) / SAMPLE_RATE
-        envelope = torch.sin(2 * torch.pi * 4 * t).clamp(min=0) ** 2
-        return (0.1 * envelope * torch.randn(n, generator=g)).float()
-    audio = torch.cat(waves)
-    return audio.repeat(n // len(audio) + 1)[:n].contiguous()
-
-
-def prepare(work_dir: Path, config_path: Path, audio_dir: Path, seed: int) -> tuple[Path, Path]:
-    """The benchmark checkpoint and inputs under `work_dir`, made once and reused."""
-    from safetensors.torch import load_file, save_file
-
-    from .config import HiggsAudioV2TokenizerConfig
-    from .model import HiggsAudioV2TokenizerModel
-
-    model_dir, inputs_path = work_dir / "model", work_dir / "inputs.safetensors"
-    if not inputs_path.exists():
-        audio = speech(audio_dir, 200, seed)
-        g = torch.Generator().manual_seed(seed)
-        inputs = {"1s": audio[: SAMPLE_RATE], "10s": audio[SAMPLE_RATE : 11 * SAMPLE_RATE], "60s": audio[11 * SAMPLE_RATE : 71 * SAMPLE_RATE]}
-        start = 71 * SAMPLE_RATE
-        for i in range(16):
-            seconds = BATCH_SECONDS[0] + (BATCH_SECONDS[1] - BATCH_SECONDS[0]) * torch.rand((), generator=g).item()
-            n = int(seconds * SAMPLE_RATE) // HOP * HOP  # whole frames, which the reference needs
-            inputs[f"batch16.{i:02d}"] = audio[start : start + n]
-            start += n
-        work_dir.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in inputs.items()}, str(inputs_path))
-    if not (model_dir / "model.safetensors").exists():
-        torch.manual_seed(seed)
-        config = HiggsAudioV2TokenizerConfig.from_json_file(config_path)
-        model = HiggsAudioV2TokenizerModel(config).eval()
-        randomize(model, seed)
-        inputs = load_file(str(inputs_path))
-        calibrate_codebooks(model, [inputs["10s"], inputs["60s"][: 10 * SAMPLE_RATE]], seed)
-        model.save_pretrained(model_dir)
-    return model_dir, inputs_path
 
 
 # ----------------------------------------------------------------------------- one implementation, one process
@@ -156,7 +75,7 @@ class Implementation:
 
     def load(self, model_dir: Path):
         if self.name == "ours":
-            from .model import HiggsAudioV2TokenizerModel
+            from higgs_tokenizer import HiggsAudioV2TokenizerModel
 
             return HiggsAudioV2TokenizerModel.from_pretrained(model_dir, device=self.device, dtype=self.dtype)
         from transformers import HiggsAudioV2TokenizerModel as Reference
@@ -185,27 +104,6 @@ class Implementation:
     def sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-
-
-def time_runs(fn, runs: int, sync) -> list[float]:
-    fn()  # warm-up: lazy initialisation, cached weights, allocator growth
-    sync()
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - started)
-    return times
-
-
-def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
-    """GFLOP/s of a 2048² matrix product: the yardstick the speed targets are set against."""
-    a = torch.randn(2048, 2048, device=device, dtype=dtype)
-    b = torch.randn(2048, 2048, device=device, dtype=dtype)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    times = time_runs(lambda: a @ b, 10, sync)
-    return 2 * 2048**3 / min(times) / 1e9
 
 
 def case_clips(inputs: dict[str, torch.Tensor], case: str) -> list[torch.Tensor]:
@@ -308,7 +206,7 @@ def run_memory_worker(spec: dict) -> dict:
         base = torch.cuda.memory_allocated()
     else:
         base = current_rss()
-    with RssSampler() as sampler:
+    with PeakRss() as sampler:
         if spec["op"] == "encode":
             impl.encode(clips)
         else:
@@ -319,33 +217,6 @@ def run_memory_worker(spec: dict) -> dict:
     else:
         peak = sampler.peak - base
     return {"peak_mib": max(0, peak) / 2**20, "load_seconds": impl.load_seconds}
-
-
-class RssSampler:
-    """The largest resident set size seen while the block runs (read every millisecond;
-    the process-wide high-water mark would include the model's loading)."""
-
-    def __enter__(self):
-        import threading
-
-        self.peak, self._stop = current_rss(), threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.wait(0.001):
-            self.peak = max(self.peak, current_rss())
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, current_rss())
-
-
-def current_rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 # ----------------------------------------------------------------------------- orchestration and report
@@ -363,9 +234,7 @@ def spawn(spec: dict, work_dir: Path, extra_env: dict | None = None) -> dict:
         json.dump(spec, f)
     result_path = Path(f.name).with_suffix(".result.json")
     env = dict(os.environ, **(extra_env or {}))
-    package_root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-    cmd = [sys.executable, "-m", "higgs_tokenizer.bench", "--worker", f.name, str(result_path)]
+    cmd = [sys.executable, __file__, "--worker", f.name, str(result_path)]
     subprocess.run(cmd, check=True, env=env)
     result = json.loads(result_path.read_text())
     os.unlink(f.name)
@@ -374,9 +243,10 @@ def spawn(spec: dict, work_dir: Path, extra_env: dict | None = None) -> dict:
 
 
 def import_seconds(statement: str, setup: str = "", repeats: int = 5) -> float:
-    code = f"import time\n{setup}\nt = time.perf_counter()\n{statement}\nprint(time.perf_counter() - t)"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")])))
-    runs = [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout) for _ in range(repeats)]
+    """Seconds `statement` takes in a fresh interpreter after `setup` (min of `repeats`);
+    the interpreter imports this checkout's package, as the benchmark does."""
+    code = f"import sys, time\nsys.path.insert(0, {str(REPO / 'src')!r})\n{setup}\nt = time.perf_counter()\n{statement}\nprint(time.perf_counter() - t)"
+    runs = [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout) for _ in range(repeats)]
     return min(runs)
 
 
@@ -424,12 +294,12 @@ def fmt_times(times: list[float]) -> str:
 
 
 def report(args, variants: list[dict], memory: dict, imports: dict, agreement: dict, audio_error: dict) -> str:
-    from . import __version__
+    from higgs_tokenizer import __version__
 
     lines = [
         "# Benchmark results",
         "",
-        f"Generated by `python -m higgs_tokenizer.bench {' '.join(sys.argv[1:])}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        f"Generated by `python benchmarks/speed.py {' '.join(sys.argv[1:])}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         "",
         f"- machine: {machine_description(args.device)}; {platform.system()} {platform.release()}",
         f"- torch {torch.__version__}, higgs-audio-tokenizer {__version__}, Python {platform.python_version()}"
@@ -506,11 +376,10 @@ def report(args, variants: list[dict], memory: dict, imports: dict, agreement: d
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m higgs_tokenizer.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    shared = default_shared_dir()
-    parser.add_argument("--config", type=Path, default=shared / "reference" / "transformers_full_config.json")
-    parser.add_argument("--audio-dir", type=Path, default=shared / "audio")
-    parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "higgs-tokenizer-bench")
+    parser = argparse.ArgumentParser(prog="python benchmarks/speed.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=FULL_CONFIG)
+    parser.add_argument("--audio-dir", type=Path, default=AUDIO_DIR)
+    parser.add_argument("--work-dir", type=Path, default=WORK_DIR)
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     parser.add_argument("--threads", nargs="+", default=None, help="'all' and/or thread counts (CPU default: all 1)")
     parser.add_argument("--runs", type=int, default=5)
@@ -523,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="give the reference's process the allocator setting ours makes (for attribution)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     parser.add_argument("--import-runs", type=int, default=5, help="fresh interpreters timed per import figure")
-    parser.add_argument("--seed", type=int, default=20261126)
+    parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--output", type=Path, default=Path("benchmark-results.md"), help="markdown report (and .json beside it)")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -545,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--reference yes: transformers with HiggsAudioV2TokenizerModel is not importable here")
     args.work_dir.mkdir(parents=True, exist_ok=True)
     print(f"preparing the model and inputs under {args.work_dir} ...", flush=True)
-    model_dir, inputs_path = prepare(args.work_dir, args.config, args.audio_dir, args.seed)
+    model_dir, inputs_path = prepare_model_and_inputs(args.work_dir, args.config, args.audio_dir, args.seed)
 
     variants = []
     plan = [("ours", dtype, False) for dtype in args.dtype] + [("ours", dtype, True) for dtype in args.dtype if args.compile]

@@ -1,0 +1,70 @@
+"""Imports run one way, from the maths up to the CLI (docs/architecture.md): the graph of
+imports between the package's modules, function-level ones included, has no cycle."""
+
+import ast
+from pathlib import Path
+
+import higgs_tokenizer
+
+PACKAGE = Path(higgs_tokenizer.__file__).parent
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Package modules that `path` imports anywhere in its code."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package.split(".")
+            base = base[: len(base) - node.level + 1]
+            target = ".".join(base + ([node.module] if node.module else []))
+            for alias in node.names:
+                candidate = f"{target}.{alias.name}"
+                found.add(candidate if any(module_name(p) == candidate for p in PACKAGE.rglob("*.py")) else target)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("higgs_tokenizer"):
+            found.add(node.module)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {name: {t for t in imports_of(p) if t in modules and t != name} for name, p in modules.items()}
+
+
+def test_no_import_cycles():
+    graph = import_graph()
+    for name, targets in graph.items():
+        # The top package only gathers public names; nothing inside imports through it.
+        assert "higgs_tokenizer" not in targets, f"{name} imports the package itself"
+    state: dict[str, str] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = "open"
+        for target in sorted(graph[node]):
+            if state.get(target) == "open":
+                raise AssertionError("import cycle: " + " -> ".join(path + [node, target]))
+            if target not in state:
+                visit(target, path + [node])
+        state[node] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [])
+
+
+def test_checkpoint_files_is_a_leaf():
+    assert import_graph()["higgs_tokenizer.checkpoint_files"] == set()
+
+
+def test_the_maths_imports_no_file_api():
+    graph = import_graph()
+    maths = ["layers", "resample", "quantizer", "hubert", "semantic", "acoustic"]
+    file_api = {"higgs_tokenizer." + m for m in ("audio", "codes_file", "tokenizer", "cli", "long_audio", "streaming")}
+    for module in maths:
+        assert not graph["higgs_tokenizer." + module] & file_api, module
