@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import audio_file
+from helpers import audio_file
 
 from higgs_tokenizer.audio import (
     AudioDecodeError,

@@ -5,7 +5,7 @@ extractor's single-clip input; `model.valid_length`)."""
 import numpy as np
 import pytest
 import torch
-from conftest import assert_audio_close, assert_codes_match, audio_file, case_lengths, load_cases, load_extra, load_model
+from helpers import assert_audio_close, assert_codes_match, audio_file, case_lengths, load_cases, load_extra, load_model
 
 from higgs_tokenizer.audio import load_audio
 from higgs_tokenizer.tokenizer import HiggsAudioTokenizer

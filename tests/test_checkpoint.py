@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FIXTURE_NAMES, SHARED, fixture_dir, load_cases, load_extra, load_model
+from helpers import FIXTURE_NAMES, SHARED, fixture_dir, load_cases, load_extra, load_model
 from safetensors.torch import load_file, save_file
 
 from higgs_tokenizer import (

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-from conftest import REPO, fixture_dir
+from helpers import REPO, fixture_dir
 
 from higgs_tokenizer.cli import main
 from higgs_tokenizer.codes_file import load_codes
@@ -201,7 +201,7 @@ def test_roundtrip_reports_the_input_rate_and_keeps_outputs(tmp_path, short_reco
 def test_convert_refuses_to_write_over_its_source(tmp_path, capsys):
     from higgs_tokenizer import save_original
 
-    from conftest import load_model
+    from helpers import load_model
 
     save_original(load_model("tiny-24k"), tmp_path / "orig")
     before = (tmp_path / "orig" / "config.json").read_bytes()

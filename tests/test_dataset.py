@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
-from conftest import audio_file, fixture_dir, load_model
+from helpers import audio_file, fixture_dir, load_model
 
 from higgs_tokenizer.dataset import Columns, OutputError, SourceError, list_items, tokenize_dataset
 from higgs_tokenizer.tokenizer import HiggsAudioTokenizer

@@ -5,7 +5,7 @@ import json
 import pyarrow as pa
 import pytest
 import soundfile as sf
-from conftest import load_model
+from helpers import load_model
 from test_dataset import read_output
 from test_dataset import speech as speech  # a fixture, used by name
 

@@ -4,7 +4,7 @@ import pyarrow as pa
 import pytest
 import ray
 import soundfile as sf
-from conftest import fixture_dir, load_model
+from helpers import fixture_dir, load_model
 from test_dataset import make_corpus, read_output
 from test_dataset import speech as speech  # a fixture, used by name
 

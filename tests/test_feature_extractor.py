@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import fixture_dir
+from helpers import fixture_dir
 
 from higgs_tokenizer import HiggsAudioV2TokenizerFeatureExtractor
 

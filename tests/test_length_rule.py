@@ -5,7 +5,7 @@ which runs the original's steps with the transformers modules."""
 
 import pytest
 import torch
-from conftest import fixture_dir, load_extra, load_model
+from helpers import fixture_dir, load_extra, load_model
 
 from higgs_tokenizer import HiggsAudioV2TokenizerConfig, HiggsAudioV2TokenizerModel
 

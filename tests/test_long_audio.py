@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import audio_file, load_model
+from helpers import audio_file, load_model
 from torch import nn
 
 from higgs_tokenizer import HiggsAudioV2TokenizerModel
@@ -25,7 +25,7 @@ def conv_only_model():
     norm of its first conv (statistics over the whole input): every part is then local, so
     windows with enough context must reproduce one-shot encoding exactly. Those two are the
     only inexact parts of windowed encoding."""
-    from conftest import fixture_dir
+    from helpers import fixture_dir
 
     model = HiggsAudioV2TokenizerModel.from_pretrained(fixture_dir("tiny-24k"))
     model.semantic_model.encoder.layers = nn.ModuleList()

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import (
+from helpers import (
     assert_audio_close,
     assert_codes_match,
     case_lengths,

@@ -3,7 +3,7 @@ scripts/make_extra_fixtures.py in the reference environment)."""
 
 import pytest
 import torch
-from conftest import load_extra
+from helpers import load_extra
 
 from higgs_tokenizer import resample
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, SHARED, fixture_dir, load_cases, load_model
+from helpers import REPO, SHARED, fixture_dir, load_cases, load_model
 
 from higgs_tokenizer.layers import Snake1d, UpsamplingConv1d, snake_inference, snake_reference
 

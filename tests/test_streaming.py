@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import assert_audio_close, load_cases, load_model
+from helpers import assert_audio_close, load_cases, load_model
 
 from higgs_tokenizer.streaming import StreamingDecoder, decode_in_chunks, decoder_context
 from higgs_tokenizer.tokenizer import HiggsAudioTokenizer

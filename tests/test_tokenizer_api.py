@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import fixture_dir, load_model
+from helpers import fixture_dir, load_model
 from safetensors import safe_open
 from safetensors.torch import save_file
 

@@ -8,7 +8,7 @@ inside and above the band where the length rule would pad an unpadded clip."""
 
 import pytest
 import torch
-from conftest import assert_audio_close, assert_codes_match, case_lengths, fixture_dir, load_cases, load_extra, load_model
+from helpers import assert_audio_close, assert_codes_match, case_lengths, fixture_dir, load_cases, load_extra, load_model
 
 from higgs_tokenizer import HiggsAudioV2TokenizerFeatureExtractor, HiggsAudioV2TokenizerModel
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import load_model
+from helpers import load_model
 
 from higgs_tokenizer import HiggsAudioV2TokenizerConfig
 
