@@ -3,7 +3,8 @@
     python benchmarks/batch_long_stream.py batch            # padded batch vs one by one
     python benchmarks/batch_long_stream.py exactness --batch-sizes 1 2 3 4 5 6 7 8
     python benchmarks/batch_long_stream.py memory --minutes 1 10 60
-    python benchmarks/batch_long_stream.py agreement --seconds 120
+    python benchmarks/batch_long_stream.py memory-estimate --lengths 10 30 60 90 120
+    python benchmarks/batch_long_stream.py agreement --seconds 120 --contexts 1 2 5 10
     python benchmarks/batch_long_stream.py stream
 
 The model is the benchmarks' full-size one with seeded random weights (common.py;
@@ -124,21 +125,49 @@ def make_long_wav(path: Path, seconds: float) -> None:
         f.truncate(int(seconds * 24000))
 
 
+def bench_memory_estimate(args, model_path):
+    """Peak memory of one one-shot encode (above the memory before it; fresh process per
+    length) against `long_audio.encode_memory_bytes`, the estimate the one-shot-or-windowed
+    policy uses."""
+    print("| audio | measured peak (MiB) | estimate (MiB) | estimate / measured |\n| --- | --- | --- | --- |")
+    code = (
+        "import sys, numpy as np, torch; sys.path.insert(0, %r)\n"
+        "from common import PeakRss, current_rss, recordings\n"
+        "from higgs_tokenizer import HiggsAudioV2TokenizerModel\n"
+        "from higgs_tokenizer.long_audio import encode_memory_bytes\n"
+        "model = HiggsAudioV2TokenizerModel.from_pretrained(%r)\n"
+        "n = int(float(sys.argv[1]) * 24000) // 960 * 960\n"
+        "audio = recordings(); x = torch.from_numpy(np.tile(audio, 1 + n // len(audio))[:n])[None, None]\n"
+        "with torch.inference_mode():\n"
+        "    model.encode(x[..., :24000])  # warm-up\n"
+        "    base = current_rss()\n"
+        "    with PeakRss() as peak:\n"
+        "        model.encode(x)\n"
+        "print((peak.peak - base) / 2**20, encode_memory_bytes(model, n) / 2**20)\n"
+    ) % (str(Path(__file__).parent), str(model_path))
+    for seconds in args.lengths:
+        out = subprocess.run([sys.executable, "-c", code, str(seconds)], capture_output=True, text=True, check=True)
+        measured, estimate = (float(v) for v in out.stdout.split())
+        print(f"| {seconds:g} s | {measured:.0f} | {estimate:.0f} | {estimate / measured:.2f} |", flush=True)
+
+
 def bench_agreement(args, model):
+    """Windowed against one-shot codes on the same recording, for each context length."""
     audio = recordings()
     samples = np.tile(audio, int(np.ceil(args.seconds * 24000 / len(audio))))[: int(args.seconds * 24000)]
     samples = samples[: len(samples) // 960 * 960]
     with torch.inference_mode():
         t0 = time.perf_counter()
         one_shot = model.encode(torch.from_numpy(samples)[None, None]).audio_codes[0]
-        t1 = time.perf_counter()
-        windowed = encode_long(model, SampleSource.from_array(samples))
-        t2 = time.perf_counter()
-    equal = (windowed == one_shot).float().mean().item()
-    first = (windowed[0] == one_shot[0]).float().mean().item()
-    print(f"{args.seconds:g} s of speech: windowed (30 s windows, 5 s context) vs one-shot: "
-          f"{100 * equal:.2f} % of codes equal ({100 * first:.2f} % of the first codebook); "
-          f"one-shot {t1 - t0:.1f} s, windowed {t2 - t1:.1f} s")
+        print(f"{args.seconds:g} s of speech, one-shot {time.perf_counter() - t0:.1f} s; windows of {args.window:g} s")
+        print("| context each side | codes equal to one-shot | first codebook | windowed seconds |\n| --- | --- | --- | --- |")
+        for context in args.contexts:
+            t1 = time.perf_counter()
+            windowed = encode_long(model, SampleSource.from_array(samples), window_seconds=args.window, context_seconds=context)
+            elapsed = time.perf_counter() - t1
+            equal = (windowed == one_shot).float().mean().item()
+            first = (windowed[0] == one_shot[0]).float().mean().item()
+            print(f"| {context:g} s | {100 * equal:.2f} % | {100 * first:.2f} % | {elapsed:.1f} |", flush=True)
 
 
 def bench_stream(args, model):
@@ -173,19 +202,22 @@ def bench_stream(args, model):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("section", choices=["batch", "exactness", "memory", "agreement", "stream"])
+    ap.add_argument("section", choices=["batch", "exactness", "memory", "memory-estimate", "agreement", "stream"])
     ap.add_argument("--model", default=None, help="checkpoint directory (default: full size, random weights)")
     ap.add_argument("--clips", type=int, default=16)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--minutes", type=float, nargs="+", default=[1, 10, 60])
     ap.add_argument("--seconds", type=float, default=120)
+    ap.add_argument("--lengths", type=float, nargs="+", default=[10, 30, 60, 90, 120], help="memory-estimate: seconds")
+    ap.add_argument("--window", type=float, default=30, help="agreement: window seconds")
+    ap.add_argument("--contexts", type=float, nargs="+", default=[5], help="agreement: context seconds on each side")
     ap.add_argument("--frames", type=int, default=100)
     ap.add_argument("--push", type=int, nargs="+", default=[1, 5, 10, 25])
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, model: {args.model or 'full size, random weights'}")
     model_path = args.model or prepare_model_and_inputs()[0]
-    if args.section == "memory":
-        bench_memory(args, model_path)
+    if args.section in ("memory", "memory-estimate"):
+        (bench_memory if args.section == "memory" else bench_memory_estimate)(args, model_path)
         return
     model = HiggsAudioV2TokenizerModel.from_pretrained(model_path)
     sections = {"batch": bench_batch, "exactness": bench_exactness, "agreement": bench_agreement, "stream": bench_stream}

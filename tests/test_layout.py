@@ -68,3 +68,17 @@ def test_the_maths_imports_no_file_api():
     file_api = {"higgs_tokenizer." + m for m in ("audio", "codes_file", "tokenizer", "cli", "long_audio", "streaming")}
     for module in maths:
         assert not graph["higgs_tokenizer." + module] & file_api, module
+
+
+def test_the_high_level_api_is_exported_and_loads_on_first_use():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, higgs_tokenizer\n"
+        "assert 'higgs_tokenizer.tokenizer' not in sys.modules and 'higgs_tokenizer.audio' not in sys.modules\n"
+        "from higgs_tokenizer import HiggsAudioTokenizer, load_codes\n"
+        "from higgs_tokenizer.tokenizer import HiggsAudioTokenizer as same\n"
+        "assert HiggsAudioTokenizer is same and callable(load_codes)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

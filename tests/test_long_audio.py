@@ -10,7 +10,8 @@ from torch import nn
 
 from higgs_tokenizer import HiggsAudioV2TokenizerModel
 from higgs_tokenizer.audio import load_audio
-from higgs_tokenizer.long_audio import SampleSource, encode_long, file_source, window_plan
+from higgs_tokenizer import tokenizer as tokenizer_module
+from higgs_tokenizer.long_audio import SampleSource, encode_long, encode_memory_bytes, file_source, window_plan
 from higgs_tokenizer.tokenizer import HiggsAudioTokenizer
 
 
@@ -65,8 +66,8 @@ def test_one_window_is_one_shot_and_more_is_close(speech):
     assert torch.equal(fits, one_shot)
     windowed = encode_long(model, SampleSource.from_array(samples), window_seconds=4, context_seconds=2)
     # HuBERT attends over the whole input and its first group norm averages over it; a window
-    # sees only itself. With the
-    # tiny random model that moves ~7 % of codes (docs/long_audio.md has full-size figures).
+    # sees only itself. With the tiny random model that moves ~7 % of codes
+    # (docs/batching-long-streaming.md has full-size figures).
     assert windowed.shape == one_shot.shape and (windowed == one_shot).float().mean() > 0.85
 
 
@@ -75,7 +76,8 @@ def test_long_file_is_streamed_with_a_bounded_buffer(speech, tmp_path):
     pcm = (np.concatenate([speech] * 2)[: 44100 * 50] * 32767).astype(np.int16)  # 50 s, stored at 44.1 kHz
     path = tmp_path / "long.wav"
     sf.write(path, pcm, 44100)
-    tokenizer = HiggsAudioTokenizer(load_model("tiny-24k"), window_seconds=8, context_seconds=2)
+    # 50 s is past a 0.1 GB budget for the tiny model (its estimate: about 0.2 GB).
+    tokenizer = HiggsAudioTokenizer(load_model("tiny-24k"), window_seconds=8, context_seconds=2, memory_budget_gb=0.1)
     source = tokenizer.load(path)
     assert isinstance(source, SampleSource) and source.num_samples == round(len(pcm) * 24000 / 44100)
     largest = 0
@@ -107,3 +109,24 @@ def test_file_source_length_matches_whole_file_resampling(tmp_path):
         whole = load_audio(tmp_path / "x.wav", 24000)[0]
         assert source.num_samples == len(whole)
         assert np.array_equal(source.read(0, len(whole)), whole)
+
+
+@torch.inference_mode()
+def test_one_shot_while_the_estimate_fits_the_budget(speech, monkeypatch):
+    """The policy: one call while `encode_memory_bytes` fits the budget, windows beyond it."""
+    model = load_model("tiny-24k")
+    clip = speech[: 24000 * 20]
+    estimate = encode_memory_bytes(model, model.valid_length(len(clip)))
+    assert estimate < encode_memory_bytes(model, 2 * len(clip)) / 2  # attention makes it grow faster than the length
+    windowed_calls = []
+    real = tokenizer_module.encode_long
+    monkeypatch.setattr(tokenizer_module, "encode_long", lambda *a, **k: windowed_calls.append(1) or real(*a, **k))
+    roomy = HiggsAudioTokenizer(model, memory_budget_gb=1.01 * estimate / 2**30, window_seconds=8, context_seconds=2)
+    tight = HiggsAudioTokenizer(model, memory_budget_gb=0.99 * estimate / 2**30, window_seconds=8, context_seconds=2)
+    one_shot = roomy.encode(clip, sample_rate=24000)
+    assert windowed_calls == []
+    assert torch.equal(one_shot, model.encode(torch.from_numpy(np.pad(clip, (0, -len(clip) % 960)))[None, None]).audio_codes[0])
+    windowed = tight.encode(clip, sample_rate=24000)
+    assert windowed_calls == [1] and windowed.shape == one_shot.shape
+    with pytest.raises(ValueError, match="memory_budget_gb must be positive|must be positive"):
+        HiggsAudioTokenizer(model, memory_budget_gb=0)

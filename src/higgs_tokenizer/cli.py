@@ -142,9 +142,10 @@ def _summary(verb: str, report: Report, started: float, quiet: bool) -> int:
 def _load_tokenizer(args):
     from .tokenizer import HiggsAudioTokenizer
 
+    budget = getattr(args, "memory_budget_gb", None)
     tokenizer = HiggsAudioTokenizer.from_pretrained(
         args.model, device=args.device, dtype=args.dtype, batch_size=getattr(args, "batch_size", None),
-        length_rule=getattr(args, "length_rule", None),
+        length_rule=getattr(args, "length_rule", None), **({"memory_budget_gb": budget} if budget is not None else {}),
     )
     if getattr(args, "bandwidth", None) is not None:
         tokenizer.config.num_quantizers_for_bandwidth(args.bandwidth)  # a bad one stops here, before any work
@@ -377,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     encoding.add_argument("--bandwidth", type=float, default=None, help="kbps, one of the model's (default: the highest)")
     encoding.add_argument("--loudness", type=float, default=None, metavar="LUFS",
                           help="normalise loudness to this many LUFS first (the original uses -23; needs the [loudness] extra)")
+    encoding.add_argument("--memory-budget-gb", type=float, default=None, metavar="GB",
+                          help="encode a recording in one call while it fits this much memory, in windows beyond "
+                          "(default 2)")
     encoding.add_argument("--length-rule", choices=LENGTH_RULES, default=None,
                           help="transformers (default: each clip padded to a whole frame) or original (Boson AI's: unpadded)")
 

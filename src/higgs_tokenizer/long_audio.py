@@ -1,7 +1,9 @@
 """Encoding recordings of any length in bounded memory.
 
 HuBERT attends over the whole input, so memory and time grow with its length
-(quadratically for attention). A long recording is encoded in windows: each
+(quadratically for attention). The policy: a recording is encoded in one call while
+`encode_memory_bytes` estimates that the call fits a memory budget, and in windows
+beyond it. A long recording is encoded in windows: each
 window's core frames are encoded together with `context_frames` of audio on
 both sides and only the core's codes are kept, stitched at frame boundaries.
 Windows start on the frame grid (multiples of the hop), where both branches
@@ -21,13 +23,26 @@ never held whole.
 
 from __future__ import annotations
 
+import math
 from typing import Iterator
 
 import numpy as np
 import torch
+from torch import nn
+
+from .layers import conv_lengths
 
 WINDOW_SECONDS = 30.0
 CONTEXT_SECONDS = 5.0
+MEMORY_BUDGET_GB = 2.0
+
+# How many times over the largest buffers are alive at the peak of one encode, fitted to
+# peak memory measured with benchmarks/batch_long_stream.py memory-estimate (CPU, float32,
+# full-size model 10-120 s, tiny model 10-180 s; docs/batching-long-streaming.md): the
+# widest conv activation (residual inputs, Snake and conv outputs, blocks the allocator
+# keeps for reuse) and the attention scores of one HuBERT layer.
+ACTIVATION_COPIES = 8.0
+ATTENTION_COPIES = 1.0
 
 
 class SampleSource:
@@ -64,6 +79,27 @@ class SampleSource:
         self._buffer_start = start
         out = self._buffer[: max(0, end - start)]
         return np.pad(out, (0, stop - start - len(out))) if len(out) < stop - start else out.copy()
+
+
+def encode_memory_bytes(model, num_samples: int) -> int:
+    """An estimate of the memory one `encode` of a clip of `num_samples` needs beyond the
+    weights: a term linear in the length, from the widest activation of the acoustic
+    encoder and of HuBERT's conv feature encoder (channels x length, found from their
+    layers), and a quadratic one, from HuBERT's attention scores (heads x frames²)."""
+    config, hubert = model.config, model.config.semantic_model_config
+    semantic_samples = num_samples * config.semantic_sample_rate // config.sample_rate
+    widest = 0
+    for encoder, samples in ((model.acoustic_encoder, num_samples + 2 * model.acoustic_padding(num_samples)),
+                             (model.semantic_model.feature_extractor, semantic_samples)):
+        length = torch.tensor(samples)
+        for conv in encoder.modules():
+            if isinstance(conv, nn.Conv1d):
+                length = conv_lengths(conv, length)
+                widest = max(widest, conv.out_channels * int(length))
+    frames = semantic_samples / math.prod(hubert.conv_stride)
+    attention = hubert.num_attention_heads * frames**2
+    itemsize = torch.finfo(model.dtype).bits // 8
+    return int(itemsize * (ACTIVATION_COPIES * widest + ATTENTION_COPIES * attention))
 
 
 def window_plan(total_frames: int, window_frames: int, context_frames: int) -> list[tuple[int, int, int, int]]:

@@ -18,7 +18,15 @@ import torch
 
 from .audio import load_audio, normalize_loudness, resample_audio, write_audio
 from .codes_file import EncodedAudio, ModelIdentity, load_codes
-from .long_audio import CONTEXT_SECONDS, WINDOW_SECONDS, SampleSource, encode_long, file_source
+from .long_audio import (
+    CONTEXT_SECONDS,
+    MEMORY_BUDGET_GB,
+    WINDOW_SECONDS,
+    SampleSource,
+    encode_long,
+    encode_memory_bytes,
+    file_source,
+)
 from .model import HiggsAudioV2TokenizerModel
 from .streaming import StreamingDecoder, decode_in_chunks
 
@@ -39,22 +47,27 @@ class HiggsAudioTokenizer:
         batch_size: int | None = None,
         window_seconds: float = WINDOW_SECONDS,
         context_seconds: float = CONTEXT_SECONDS,
+        memory_budget_gb: float = MEMORY_BUDGET_GB,
     ):
         """`batch_size`: clips per model call (sorted by length, padded, masked: exact);
         default 8 on a GPU and 1 on the CPU, where batching measured slower (the convs
         already use every core, and padding is extra work: docs/batching-long-streaming.md).
-        Recordings longer than `window_seconds` plus twice `context_seconds` are encoded
-        in windows (see `long_audio`) and decoded in chunks, in bounded memory."""
+        A recording is encoded in one call while that call's estimated memory
+        (`long_audio.encode_memory_bytes`) fits `memory_budget_gb`, and beyond it in windows
+        of `window_seconds` with `context_seconds` of context on each side (see
+        `long_audio`); codes longer than a window are decoded in chunks."""
         self.model = model.eval()
         self.name = name
         if batch_size is None:
             batch_size = 1 if model.device.type == "cpu" else 8
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if not window_seconds > 0 or not context_seconds >= 0:
+        if not window_seconds > 0 or not context_seconds >= 0 or not memory_budget_gb > 0:
             raise ValueError(
-                f"window_seconds must be positive and context_seconds at least 0, got {window_seconds} and {context_seconds}"
+                "window_seconds and memory_budget_gb must be positive and context_seconds at least 0, got "
+                f"{window_seconds}, {memory_budget_gb} and {context_seconds}"
             )
+        self.memory_budget_gb = memory_budget_gb
         self.batch_size = batch_size
         self.window_seconds = window_seconds
         self.context_seconds = context_seconds
@@ -71,12 +84,16 @@ class HiggsAudioTokenizer:
         batch_size: int | None = None,
         window_seconds: float = WINDOW_SECONDS,
         context_seconds: float = CONTEXT_SECONDS,
+        memory_budget_gb: float = MEMORY_BUDGET_GB,
         **kwargs,
     ) -> "HiggsAudioTokenizer":
         """Load a checkpoint (Hub id or directory; default `default_model()`) onto `device` in `dtype`."""
         name = os.fspath(model) if model is not None else default_model()
         loaded = HiggsAudioV2TokenizerModel.from_pretrained(name, device=device, dtype=dtype, length_rule=length_rule, **kwargs)
-        return cls(loaded, name=name, batch_size=batch_size, window_seconds=window_seconds, context_seconds=context_seconds)
+        return cls(
+            loaded, name=name, batch_size=batch_size, window_seconds=window_seconds,
+            context_seconds=context_seconds, memory_budget_gb=memory_budget_gb,
+        )
 
     # ------------------------------------------------------------ properties
     @property
@@ -196,7 +213,7 @@ class HiggsAudioTokenizer:
                 )
         short = []
         for i, clip in enumerate(clips):
-            if isinstance(clip, SampleSource) or self._is_long(len(clip)):
+            if isinstance(clip, SampleSource) or self._needs_windows(len(clip)):
                 source = clip if isinstance(clip, SampleSource) else SampleSource.from_array(clip)
                 results[i] = self._encode_long(source, bandwidth)
             else:
@@ -235,8 +252,9 @@ class HiggsAudioTokenizer:
             window_seconds=self.window_seconds, context_seconds=self.context_seconds,
         )
 
-    def _is_long(self, samples: int) -> bool:
-        return samples > (self.window_seconds + 2 * self.context_seconds) * self.sample_rate
+    def _needs_windows(self, samples: int) -> bool:
+        """Whether one call on this clip would pass the memory budget."""
+        return encode_memory_bytes(self.model, self.model.valid_length(samples)) > self.memory_budget_gb * 2**30
 
     def _stream_if_long(self, path) -> SampleSource | None:
         import soundfile as sf
@@ -245,7 +263,7 @@ class HiggsAudioTokenizer:
             info = sf.info(str(path))
         except Exception:
             return None  # not for libsndfile (or not audio): load_audio says why
-        if info.frames < 1 or not self._is_long(int(info.frames * self.sample_rate / info.samplerate)):
+        if info.frames < 1 or not self._needs_windows(int(info.frames * self.sample_rate / info.samplerate)):
             return None
         return file_source(path, self.sample_rate)
 
