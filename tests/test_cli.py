@@ -208,3 +208,10 @@ def test_convert_refuses_to_write_over_its_source(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "orig"), str(tmp_path / "orig" / ".." / "orig")]) == 2
     assert "is the source checkpoint" in capsys.readouterr().err
     assert (tmp_path / "orig" / "config.json").read_bytes() == before
+
+
+def test_an_empty_corpus_stops_the_command(tmp_path, capsys):
+    (tmp_path / "nothing").mkdir()
+    assert main(["tokenize-dataset", str(tmp_path / "nothing"), "-o", str(tmp_path / "out"), "-q"]) == 2
+    assert "tokenize-dataset: error:" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

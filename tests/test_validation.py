@@ -114,3 +114,28 @@ def test_config_properties_match_the_reference():
     )
     assert list(default_bandwidths.target_bandwidths) == [0.5, 1, 1.5, 2, 4]
     assert default_bandwidths.num_quantizers == 16
+
+
+def test_a_numpy_padding_mask_is_accepted():
+    model = load_model("tiny-24k")
+    x = torch.zeros(2, 1, 1920)
+    mask = np.ones((2, 1920), dtype=np.int32)
+    mask[1, 960:] = 0
+    with torch.inference_mode():
+        out = model.encode(x, padding_mask=mask)
+    assert out.code_lengths.tolist() == [2, 1]
+    with pytest.raises(ValueError, match=r"padding_mask has shape \(2, 100\)"):
+        model.encode(x, padding_mask=np.ones((2, 100)))
+
+
+def test_tokenizer_settings_and_short_clips_are_checked():
+    from higgs_tokenizer import HiggsAudioTokenizer
+
+    model = load_model("tiny-24k", length_rule="original")
+    for bad in (dict(window_seconds=0), dict(context_seconds=-1), dict(memory_budget_gb=0)):
+        with pytest.raises(ValueError, match="must be positive"):
+            HiggsAudioTokenizer(model, **bad)
+    clips = [(np.ones(24000, dtype=np.float32) * 0.1, 24000), (np.ones(50, dtype=np.float32), 24000)]
+    # Named by its place in the caller's list, not in a length-sorted batch.
+    with pytest.raises(ValueError, match="clip 1 of 2 has 50 samples: too short"):
+        HiggsAudioTokenizer(model, batch_size=2).encode(clips)
