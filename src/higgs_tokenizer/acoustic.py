@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .config import AcousticConfig
-from .layers import Snake1d, UpsamplingConv1d, masked_conv, zero_padding
+from .layers import DecoderConv1d, Snake1d, UpsamplingConv1d, masked_conv, zero_padding
 
 RESIDUAL_DILATIONS = (1, 3, 9)
 
@@ -21,12 +21,12 @@ RESIDUAL_DILATIONS = (1, 3, 9)
 class AcousticResidualUnit(nn.Module):
     """Snake → dilated conv (k=7) → Snake → 1×1 conv, added to the input."""
 
-    def __init__(self, channels: int, dilation: int):
+    def __init__(self, channels: int, dilation: int, conv=nn.Conv1d):
         super().__init__()
         self.snake1 = Snake1d(channels)
-        self.conv1 = nn.Conv1d(channels, channels, kernel_size=7, dilation=dilation, padding=3 * dilation)
+        self.conv1 = conv(channels, channels, kernel_size=7, dilation=dilation, padding=3 * dilation)
         self.snake2 = Snake1d(channels)
-        self.conv2 = nn.Conv1d(channels, channels, kernel_size=1)
+        self.conv2 = conv(channels, channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         x = zero_padding(x, lengths)  # Snake(0) = 0: the dilated conv then sees zeros past each item
@@ -89,7 +89,7 @@ class AcousticDecoderBlock(nn.Module):
             output_padding=stride % 2,
         )
         self.res_unit1, self.res_unit2, self.res_unit3 = (
-            AcousticResidualUnit(channels // 2, d) for d in RESIDUAL_DILATIONS
+            AcousticResidualUnit(channels // 2, d, conv=DecoderConv1d) for d in RESIDUAL_DILATIONS
         )
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None):
@@ -106,14 +106,14 @@ class AcousticDecoder(nn.Module):
     def __init__(self, config: AcousticConfig):
         super().__init__()
         width = config.decoder_hidden_size
-        self.conv1 = nn.Conv1d(config.hidden_size, width, kernel_size=7, padding=3)
+        self.conv1 = DecoderConv1d(config.hidden_size, width, kernel_size=7, padding=3)
         blocks = []
         for stride in config.upsampling_ratios:
             blocks.append(AcousticDecoderBlock(width, stride))
             width //= 2
         self.block = nn.ModuleList(blocks)
         self.snake1 = Snake1d(width)
-        self.conv2 = nn.Conv1d(width, 1, kernel_size=7, padding=3)
+        self.conv2 = DecoderConv1d(width, 1, kernel_size=7, padding=3)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """`lengths`: each item's valid frames in a padded batch (None: all full)."""

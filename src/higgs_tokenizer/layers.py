@@ -54,6 +54,28 @@ def snake_inference(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def onednn_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int = 0, dilation: int = 1):
+    """`F.conv1d` (stride 1), on the CPU in float32 always by oneDNN.
+
+    PyTorch sends a batch of one with few channels x samples (under 20480) to a slower
+    im2col kernel, which also sums in another order than oneDNN does for larger inputs.
+    The decoder runs every conv here, so that its output does not depend on how much is
+    decoded at once: a stream decoded frame by frame gets the bits of one-shot decoding.
+    """
+    if x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+        return torch.ops.aten.mkldnn_convolution(x, weight, bias, [padding], [1], [dilation], 1)
+    return F.conv1d(x, weight, bias, padding=padding, dilation=dilation)
+
+
+class DecoderConv1d(nn.Conv1d):
+    """A stride-1 conv computed by `onednn_conv1d` (the acoustic decoder's convs)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride[0] != 1 or self.groups != 1 or self.padding_mode != "zeros":
+            return super().forward(x)
+        return onednn_conv1d(x, self.weight, self.bias, self.padding[0], self.dilation[0])
+
+
 class UpsamplingConv1d(nn.ConvTranspose1d):
     """A transposed conv with kernel 2 × stride, computed as an ordinary conv.
 
@@ -74,14 +96,14 @@ class UpsamplingConv1d(nn.ConvTranspose1d):
         if x.device.type != "cpu" or k != 2 * s or out_pad > p or self.dilation[0] != 1 or self.groups != 1 or x.dim() != 3:
             return super().forward(x)
         batch, _, frames = x.shape
-        phases = F.conv1d(x, self._phase_weight(), padding=1)  # [B, (phase, out), frames + 1]
+        phases = onednn_conv1d(x, self.phase_weight(), None, padding=1)  # [B, (phase, out), frames + 1]
         out = phases.view(batch, s, self.out_channels, frames + 1).permute(0, 2, 3, 1)
         out = out.reshape(batch, self.out_channels, (frames + 1) * s)
         length = (frames - 1) * s - 2 * p + k + out_pad
         out = out[:, :, p : p + length]
         return out + self.bias[:, None] if self.bias is not None else out.contiguous()
 
-    def _phase_weight(self) -> torch.Tensor:
+    def phase_weight(self) -> torch.Tensor:
         """`[stride × out, in, 2]`: for phase r, tap 0 reads frame q - 1 with kernel tap r + stride
         and tap 1 frame q with tap r. Cached until the weight changes, unless it is being trained."""
         if torch.is_grad_enabled() and self.weight.requires_grad:

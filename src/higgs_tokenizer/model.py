@@ -355,11 +355,45 @@ class HiggsAudioV2TokenizerModel(nn.Module):
             if bool((code_lengths == audio_codes.shape[2]).all()):
                 code_lengths = None
         with full_float32(self.device, self.dtype, enabled=not self.allow_tf32):
-            latents = self.fc2(self.quantizer.decode(audio_codes)).transpose(1, 2)
+            latents = self.decoder_latents(audio_codes)
             audio_values = self.acoustic_decoder(latents, code_lengths)
         if code_lengths is not None:
             audio_values = zero_padding(audio_values, code_lengths * self.config.hop_length)
         return self._wrap(HiggsAudioV2TokenizerDecoderOutput(audio_values), return_dict)
+
+    def decoder_latents(self, audio_codes: torch.Tensor) -> torch.Tensor:
+        """The acoustic decoder's input `[batch, channels, frames]` for checked codes.
+
+        `fc2(Σ_q project_out_q(codebook_q[code]))` is linear in each quantizer's codeword,
+        so it is a sum of table lookups: one table per quantizer of every codeword already
+        projected through both layers. The sum of lookups is computed the same way
+        whatever the number of frames, so a stream decoded frame by frame gets the bits of
+        one-shot decoding (a matrix product's rounding depends on its shape), and it is
+        cheaper than the two products.
+        """
+        tables = self._codeword_tables()
+        latents = tables[0][audio_codes[:, 0]]
+        for q in range(1, audio_codes.shape[1]):
+            latents = latents + tables[q][audio_codes[:, q]]
+        return (latents + self.fc2.bias).transpose(1, 2)
+
+    def _codeword_tables(self) -> torch.Tensor:
+        """`[n_q, codebook_size, channels]`: fc2 of each quantizer's projected codewords
+        (without fc2's bias), computed in float64; cached until a weight changes."""
+        quantizers = self.quantizer.quantizers
+        weights = [self.fc2.weight] + [t for q in quantizers for t in (q.codebook.embed, q.project_out.weight, q.project_out.bias)]
+        # Inference tensors keep no version counter; their storage identifies them.
+        key = tuple((w.data_ptr(), None if w.is_inference() else w._version, w.dtype, w.device) for w in weights)
+        cached = self.__dict__.get("_codeword_tables_cache")
+        if cached is None or cached[0] != key:
+            with torch.inference_mode(False), torch.no_grad():
+                fc2 = self.fc2.weight.double().T
+                tables = [
+                    (q.codebook.embed.double() @ q.project_out.weight.double().T + q.project_out.bias.double()) @ fc2
+                    for q in quantizers
+                ]
+                cached = self.__dict__["_codeword_tables_cache"] = (key, torch.stack(tables).to(self.dtype))
+        return cached[1]
 
     def forward(
         self,

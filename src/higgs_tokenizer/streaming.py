@@ -1,24 +1,41 @@
-"""Decoding in chunks and as a stream, with exactly the one-shot result.
+"""Incremental decoding: each layer of the acoustic decoder keeps the state its next
+inputs need, so decoding k new code frames costs about k frames of work, and the
+audio equals one-shot decoding.
 
-Each output sample of the acoustic decoder depends on a bounded range of code
-frames: `decoder_context` derives that range from the decoder's layers
-(kernels, strides, dilations, padding), so nothing is guessed. A chunk decoded
-with that much context on both sides reproduces the one-shot samples of its
-frames; only the samples next to a chunk's artificial edges would differ, and
-those are never emitted.
+Every layer of the decoder is time-invariant, so run causally each is itself with a
+delay:
+- a conv with kernel K, dilation d and symmetric padding p = d(K - 1) / 2 is a causal
+  conv whose output lags its input by p: it keeps its last 2p inputs;
+- a transposed conv with stride s and kernel 2s is, phase by phase, a causal conv
+  with two taps over input frames (`UpsamplingConv1d.phase_weight`): it keeps its last
+  input frame, and cropping its padding p makes its output lag by p samples;
+- a residual unit's skip is delayed by its branch conv's p (a FIFO of p inputs);
+- Snake and the 1-tap convs work sample by sample and keep nothing.
 
-`StreamingDecoder` holds the whole streaming state in one place: the code
-frames still needed as context and how far audio has been emitted. `push`
-returns the audio of every frame that no longer depends on frames not yet
-received; `flush` ends the stream.
+So each layer's output stream starts with `lead` values at negative times (its own
+delay plus its input's, scaled by the upsampling), standing where one-shot decoding
+has zero padding: they are zeroed at the output of each layer whose output feeds a
+padded conv, and at a stream's end the values past each layer's length are too. The
+last layer's lead is the decoder's latency in samples, derived from the layers
+(`DecoderPlan.latency_samples`); `decoder_context` gives the same from the receptive
+field, in frames.
+
+`DecoderState` is one stream's whole state, apart from the model, which stays
+stateless and shared. `decode_step` advances a batch of states by the same number of
+frames in one call per layer.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from .layers import onednn_conv1d
+from .runtime import full_float32
 
 
 def decoder_context(model) -> tuple[int, int]:
@@ -37,103 +54,217 @@ def decoder_context(model) -> tuple[int, int]:
     return frame - lo, hi - frame
 
 
-class StreamingDecoder:
-    """Codes in, audio out, frame by frame; the concatenated output equals one-shot `decode`.
+@dataclass(frozen=True)
+class LayerTiming:
+    """Where a layer's output stream stands: `lead` values at negative times come first,
+    and it carries `rate` values per code frame."""
 
-        decoder = tokenizer.stream_decoder()
-        for codes in generated:            # [n_q, k] (or [batch, n_q, k]) as they arrive
-            play(decoder.push(codes))      # audio of the frames that are final now (may be empty)
-        play(decoder.flush())              # the rest, at the end of the stream
+    lead: int
+    rate: int
 
-    Latency: `latency_frames` frames (the decoder's right context) after a frame
-    arrives, its audio is final; `latency_ms` in milliseconds.
-    """
+
+class DecoderPlan:
+    """The timing of every stateful place of a model's decoder, derived from its layers."""
 
     def __init__(self, model):
-        self.model = model
-        self.left, self.right = decoder_context(model)
-        self.hop = model.config.hop_length
-        self._codes: torch.Tensor | None = None  # [batch, n_q, frames kept], frames from `_first`
-        self._first = 0  # index of the first kept frame
-        self._received = 0
-        self._emitted = 0
-        self._batched: bool | None = None
-        self._closed = False
+        decoder = model.acoustic_decoder
+        self.timing: dict[str, LayerTiming] = {}
+        lead = _symmetric_padding(decoder.conv1)
+        self.timing["conv1"] = LayerTiming(lead, 1)
+        rate = 1
+        for i, block in enumerate(decoder.block):
+            stride = block.conv_t1.stride[0]
+            lead, rate = lead * stride + block.conv_t1.padding[0], rate * stride
+            self.timing[f"block.{i}.conv_t1"] = LayerTiming(lead, rate)
+            for j, unit in enumerate(_units(block)):
+                lead += _symmetric_padding(unit.conv1)
+                self.timing[f"block.{i}.res_unit{j + 1}"] = LayerTiming(lead, rate)
+        lead += _symmetric_padding(decoder.conv2)
+        self.timing["conv2"] = LayerTiming(lead, rate)
+        if rate != model.config.hop_length:
+            raise ValueError(f"the decoder upsamples by {rate}, not by the hop length {model.config.hop_length}")
+        self.hop = rate
 
     @property
-    def latency_frames(self) -> int:
-        return self.right
+    def latency_samples(self) -> int:
+        """Samples of audio that lag the newest code frame's end: the decoder's right context."""
+        return self.timing["conv2"].lead
 
     @property
-    def latency_ms(self) -> float:
-        return 1000 * self.right / self.model.config.frame_rate
+    def end_frames(self) -> int:
+        """Frames of zero latents that carry every layer's last values out at a stream's end."""
+        return -(-self.latency_samples // self.hop)
+
+
+def _symmetric_padding(conv: nn.Conv1d) -> int:
+    k, d, p = conv.kernel_size[0], conv.dilation[0], conv.padding[0]
+    if conv.stride[0] != 1 or 2 * p != d * (k - 1):
+        raise ValueError(f"streaming needs stride-1 convs with symmetric 'same' padding, got {conv}")
+    return p
+
+
+def _units(block) -> tuple:
+    return (block.res_unit1, block.res_unit2, block.res_unit3)
+
+
+@dataclass
+class DecoderState:
+    """One stream's state: what each layer keeps between steps, and where the stream is.
+
+    The model holds none of it, so one model serves any number of streams; a state can
+    be copied (`copy`) to explore a continuation without disturbing the original.
+    """
+
+    buffers: dict[str, torch.Tensor] = field(default_factory=dict)  # [1, channels, length] each
+    produced: dict[str, int] = field(default_factory=dict)  # values each layer has output so far
+    frames: int = 0  # code frames taken in
+    num_quantizers: int | None = None  # fixed by the first frames
+    ended: bool = False
+
+    def copy(self) -> "DecoderState":
+        return DecoderState(
+            {k: v.clone() for k, v in self.buffers.items()}, dict(self.produced), self.frames, self.num_quantizers, self.ended
+        )
 
     @property
-    def frames_received(self) -> int:
-        return self._received
-
-    @property
-    def frames_emitted(self) -> int:
-        return self._emitted
-
-    def push(self, codes: torch.Tensor) -> torch.Tensor:
-        """Add code frames `[n_q, k]` or `[batch, n_q, k]`; return the audio now final
-        (`[samples]` or `[batch, samples]`, a multiple of the hop, possibly empty)."""
-        if self._closed:
-            raise RuntimeError("this stream was flushed; start a new StreamingDecoder")
-        codes = torch.as_tensor(codes)
-        batched = codes.dim() == 3
-        if codes.dim() not in (2, 3):
-            raise ValueError(f"push codes of shape [n_q, frames] or [batch, n_q, frames], got {tuple(codes.shape)}")
-        if self._batched is not None and batched != self._batched:
-            raise ValueError("mixing batched and unbatched pushes in one stream")
-        codes = codes if batched else codes[None]
-        if codes.shape[-1] == 0:
-            return self._empty(codes.shape[0])
-        if self._codes is not None and codes.shape[:2] != self._codes.shape[:2]:
-            raise ValueError(f"pushed codes have shape {tuple(codes.shape[:2])}[...]; this stream has {tuple(self._codes.shape[:2])}")
-        # Checked before anything is kept: a refused push leaves the stream as it was.
-        codes = self.model.check_codes(codes)
-        self._batched = batched
-        self._codes = codes if self._codes is None else torch.cat([self._codes, codes.to(self._codes.device)], dim=-1)
-        self._received += codes.shape[-1]
-        return self._emit(self._received - self.right)
-
-    def flush(self) -> torch.Tensor:
-        """End the stream: the audio of every frame not yet emitted."""
-        if self._codes is None:
-            raise RuntimeError("nothing was pushed")
-        audio = self._emit(self._received)
-        self._closed = True
-        return audio
-
-    def _emit(self, until: int) -> torch.Tensor:
-        """Decode frames [emitted, until) with their context; keep only what later frames need."""
-        batch = self._codes.shape[0]
-        if until <= self._emitted:
-            return self._empty(batch)
-        start = max(self._first, self._emitted - self.left)
-        stop = min(self._received, until + self.right)
-        window = self._codes[..., start - self._first : stop - self._first]
-        with torch.inference_mode():
-            audio = self.model.decode(window, return_dict=False)[:, 0]
-        audio = audio[:, (self._emitted - start) * self.hop : (until - start) * self.hop].float().cpu()
-        self._emitted = until
-        keep_from = max(0, self._emitted - self.left)  # the left context of the next frames
-        self._codes = self._codes[..., keep_from - self._first :]
-        self._first = keep_from
-        return audio if self._batched else audio[0]
-
-    def _empty(self, batch: int) -> torch.Tensor:
-        audio = torch.zeros(batch, 0)
-        return audio if self._batched else audio[0]
+    def nbytes(self) -> int:
+        """Bytes of state this stream holds."""
+        return sum(t.numel() * t.element_size() for t in self.buffers.values())
 
 
-def decode_in_chunks(model, codes: torch.Tensor, chunk_frames: int) -> torch.Tensor:
-    """`decode` of `[batch, n_q, frames]` in chunks of `chunk_frames`, bounded memory; equals one-shot."""
-    if int(chunk_frames) < 1:
-        raise ValueError(f"chunk_frames must be at least 1, got {chunk_frames}")
-    stream = StreamingDecoder(model)
-    pieces = [stream.push(codes[..., i : i + chunk_frames]) for i in range(0, codes.shape[-1], chunk_frames)]
-    pieces.append(stream.flush())
-    return torch.cat(pieces, dim=-1)
+def new_state(model) -> DecoderState:
+    """A stream's state before its first frame: every history is the zero padding."""
+    decoder, dtype, device = model.acoustic_decoder, model.dtype, model.device
+    buffers = {}
+
+    def zeros(channels: int, length: int) -> torch.Tensor:
+        return torch.zeros(1, channels, length, dtype=dtype, device=device)
+
+    buffers["conv1"] = zeros(decoder.conv1.in_channels, 2 * _symmetric_padding(decoder.conv1))
+    for i, block in enumerate(decoder.block):
+        buffers[f"block.{i}.conv_t1"] = zeros(block.conv_t1.in_channels, 1)
+        for j, unit in enumerate(_units(block)):
+            p = _symmetric_padding(unit.conv1)
+            buffers[f"block.{i}.res_unit{j + 1}.conv1"] = zeros(unit.conv1.in_channels, 2 * p)
+            buffers[f"block.{i}.res_unit{j + 1}.skip"] = zeros(unit.conv1.in_channels, p)
+    buffers["conv2"] = zeros(decoder.conv2.in_channels, 2 * _symmetric_padding(decoder.conv2))
+    return DecoderState(buffers=buffers)
+
+
+class _Step:
+    """One batched step: the states' buffers stacked, and each layer's validity masks."""
+
+    def __init__(self, model, plan: DecoderPlan, states: list[DecoderState], end: bool):
+        self.plan, self.states, self.end = plan, states, end
+        self.buffers = {name: torch.cat([s.buffers[name] for s in states]) for name in states[0].buffers}
+        self.produced = {name: [s.produced.get(name, 0) for s in states] for name in plan.timing}
+        self.device = model.device
+
+    def history(self, name: str, x: torch.Tensor, keep: int) -> torch.Tensor:
+        """`x` after the inputs kept from earlier steps; keeps the last `keep` for the next."""
+        full = torch.cat([self.buffers[name], x], dim=-1)
+        self.buffers[name] = full[..., full.shape[-1] - keep :]
+        return full
+
+    def settle(self, name: str, y: torch.Tensor) -> torch.Tensor:
+        """Zero the values of layer `name`'s output that stand outside its signal: before its
+        start (its lead) and, at a stream's end, past its length."""
+        timing, produced = self.plan.timing[name], self.produced[name]
+        n = y.shape[-1]
+        self.produced[name] = [p + n for p in produced]
+        if not self.end and all(p >= timing.lead for p in produced):
+            return y
+        times = torch.tensor(produced, device=self.device)[:, None] - timing.lead + torch.arange(n, device=self.device)
+        valid = times >= 0
+        if self.end:
+            lengths = torch.tensor([s.frames * timing.rate for s in self.states], device=self.device)
+            valid &= times < lengths[:, None]
+        return torch.where(valid[:, None, :], y, torch.zeros((), dtype=y.dtype, device=y.device))
+
+    def finish(self) -> None:
+        for b, state in enumerate(self.states):
+            state.buffers = {name: buf[b : b + 1] for name, buf in self.buffers.items()}
+            state.produced = {name: counts[b] for name, counts in self.produced.items()}
+
+
+def decode_step(model, plan: DecoderPlan, states: list[DecoderState], codes: torch.Tensor | None) -> list[torch.Tensor]:
+    """Advance a batch of streams by the same number of frames; each stream's new audio.
+
+    `codes` `[batch, n_q, k]` (checked by the caller) are the next k frames of each
+    stream; None ends the streams instead (their last samples). A stream's audio starts
+    once its first samples are final and stops at its length; everything in between
+    equals one-shot decoding of the whole stream.
+    """
+    decoder = model.acoustic_decoder
+    end = codes is None
+    step = _Step(model, plan, states, end)
+    with full_float32(model.device, model.dtype, enabled=not model.allow_tf32):
+        if end:
+            channels = decoder.conv1.in_channels
+            x = torch.zeros(len(states), channels, plan.end_frames, dtype=model.dtype, device=model.device)
+        else:
+            x = model.decoder_latents(codes)
+        x = step.settle("conv1", _conv(step, "conv1", decoder.conv1, x))
+        for i, block in enumerate(decoder.block):
+            name = f"block.{i}.conv_t1"
+            x = step.settle(name, _upsample(step, name, block.conv_t1, block.snake1(x)))
+            for j, unit in enumerate(_units(block)):
+                name = f"block.{i}.res_unit{j + 1}"
+                x = step.settle(name, _residual(step, name, unit, x))
+        audio = _conv(step, "conv2", decoder.conv2, decoder.snake1(x))[:, 0]
+    timing, produced = plan.timing["conv2"], step.produced["conv2"]
+    step.produced["conv2"] = [p + audio.shape[-1] for p in produced]
+    step.finish()
+    out = []
+    for b, state in enumerate(states):
+        start = produced[b] - timing.lead  # the time of audio[b, 0]
+        stop = start + audio.shape[-1]
+        if end:
+            stop = min(stop, state.frames * plan.hop)
+        out.append(audio[b, max(0, -start) : max(0, stop - start)])
+    if not end:
+        for state in states:
+            state.frames += codes.shape[-1]
+    return out
+
+
+def _conv(step: _Step, name: str, conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """A 'same'-padded conv run causally: its output lags its input by its padding."""
+    full = step.history(name, x, keep=2 * conv.padding[0])
+    return _causal_conv(full, conv.weight, conv.bias, conv.dilation[0])
+
+
+def _upsample(step: _Step, name: str, conv, x: torch.Tensor) -> torch.Tensor:
+    """The transposed conv as two-tap phase convs over [previous frame, new frames]."""
+    full = step.history(name, x, keep=1)
+    stride, batch, frames = conv.stride[0], x.shape[0], x.shape[-1]
+    phases = _causal_conv(full, conv.phase_weight(), None, 1)  # [B, (phase, out), frames]
+    out = phases.view(batch, stride, conv.out_channels, frames).permute(0, 2, 3, 1)
+    out = out.reshape(batch, conv.out_channels, frames * stride)
+    return out + conv.bias[:, None] if conv.bias is not None else out
+
+
+def _residual(step: _Step, name: str, unit, x: torch.Tensor) -> torch.Tensor:
+    """x + branch(x), the skip delayed as much as the branch's conv delays it."""
+    p = unit.conv1.padding[0]
+    skip = step.history(f"{name}.skip", x, keep=p)[..., : x.shape[-1]]
+    branch = _conv(step, f"{name}.conv1", unit.conv1, unit.snake1(x))
+    return skip + unit.conv2(unit.snake2(branch))
+
+
+# Output columns (batch x samples) up to which a conv runs as one matrix product: a step
+# of a few frames gives the frame-rate layers only a column or two, where oneDNN's conv
+# (which also reorders its weights on every call) is up to 8 times slower (benchmarks/streaming.py).
+MATMUL_COLUMNS = 16
+
+
+def _causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int) -> torch.Tensor:
+    """An unpadded stride-1 conv: `x` `[B, C, L]` → `[B, out, L - dilation * (K - 1)]`."""
+    out_channels, channels, taps = weight.shape
+    width = x.shape[-1] - dilation * (taps - 1)
+    if x.shape[0] * width > MATMUL_COLUMNS:
+        return onednn_conv1d(x, weight, bias, dilation=dilation)
+    columns = x.unfold(-1, dilation * (taps - 1) + 1, 1)[..., ::dilation]  # [B, C, width, K]
+    columns = columns.permute(0, 2, 1, 3).reshape(x.shape[0] * width, channels * taps)
+    out = F.linear(columns, weight.reshape(out_channels, channels * taps), bias)
+    return out.view(x.shape[0], width, out_channels).transpose(1, 2)

@@ -28,7 +28,7 @@ from .long_audio import (
     file_source,
 )
 from .model import HiggsAudioV2TokenizerModel
-from .streaming import StreamingDecoder, decode_in_chunks
+from .decoder_streams import StreamingDecoder, decode_in_chunks
 
 DEFAULT_MODEL = "bosonai/higgs-audio-v2-tokenizer"
 MODEL_ENV = "HIGGS_TOKENIZER_MODEL"
@@ -283,9 +283,10 @@ class HiggsAudioTokenizer:
         out = [self._decode_one(item, chunk_frames) for item in items]
         return out[0] if single else out
 
-    def stream_decoder(self) -> StreamingDecoder:
-        """A `StreamingDecoder`: push code frames as they arrive, get the audio that is final."""
-        return StreamingDecoder(self.model)
+    def stream_decoder(self, lookahead_frames: int | None = None) -> StreamingDecoder:
+        """A `StreamingDecoder`: push code frames as they arrive, get the audio that is final
+        (or, with `lookahead_frames` below 10, provisional audio sooner)."""
+        return StreamingDecoder(self.model, lookahead_frames=lookahead_frames)
 
     def _decode_one(self, item, chunk_frames: int | None = None) -> torch.Tensor:
         if isinstance(item, (str, os.PathLike)):

@@ -1,0 +1,188 @@
+"""Streamed decoding: the incremental engine (per-layer state) against re-decoding windows.
+
+    python benchmarks/streaming.py push --frames 125               # time per push, old vs new
+    python benchmarks/streaming.py streams --counts 1 2 4 6 8 10 12 # streams held in real time
+    python benchmarks/streaming.py lookahead                       # error of lower latency
+
+The model is the benchmarks' full-size one with seeded random weights (common.py), or
+`--model DIR`. "Old" is the engine this project shipped before: every push decodes the
+new frames with 10 frames of context on each side and keeps only the final ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import numpy as np
+import torch
+from common import prepare_model_and_inputs, recordings
+
+from higgs_tokenizer import HiggsAudioV2TokenizerModel
+from higgs_tokenizer.decoder_streams import DecoderStreams
+from higgs_tokenizer.streaming import decoder_context
+
+
+class WindowedStream:
+    """The previous engine, for comparison: re-decode a window around the new frames."""
+
+    def __init__(self, model):
+        self.model, (self.left, self.right) = model, decoder_context(model)
+        self.hop, self.codes, self.emitted = model.config.hop_length, None, 0
+
+    def push(self, codes: torch.Tensor) -> torch.Tensor:
+        self.codes = codes if self.codes is None else torch.cat([self.codes, codes], dim=-1)
+        until = self.codes.shape[-1] - self.right
+        if until <= self.emitted:
+            return torch.zeros(0)
+        start = max(0, self.emitted - self.left)
+        window = self.codes[:, start : until + self.right]
+        audio = self.model.decode(window[None]).audio_values[0, 0]
+        out = audio[(self.emitted - start) * self.hop : (until - start) * self.hop]
+        self.emitted = until
+        return out
+
+
+def speech_codes(model, frames: int) -> torch.Tensor:
+    """Codes of real speech (the shared recordings) from this model: `[8, frames]`."""
+    audio = recordings()[: frames * model.config.hop_length]
+    with torch.inference_mode():
+        return model.encode(torch.from_numpy(audio)[None, None]).audio_codes[0]
+
+
+def time_stream(push_fn, codes: torch.Tensor, push: int) -> tuple[list[float], list[torch.Tensor]]:
+    times, pieces = [], []
+    for f in range(0, codes.shape[-1], push):
+        started = time.perf_counter()
+        pieces.append(push_fn(codes[:, f : f + push]))
+        times.append(time.perf_counter() - started)
+    return times, pieces
+
+
+def new_stream(model):
+    streams = DecoderStreams(model)
+    stream_id = streams.add()
+
+    def push(codes):
+        streams.push(stream_id, codes)
+        return streams.step()[stream_id]
+
+    def finish():
+        streams.end(stream_id)
+        return streams.step()[stream_id]
+
+    return push, finish, streams
+
+
+@torch.inference_mode()
+def bench_push(args, model):
+    codes = speech_codes(model, args.frames)
+    frame_ms = 1000 / model.config.frame_rate
+    model.decode(codes[None, :, :30])  # warm-up
+    one_shot = min(_timed(lambda: model.decode(codes[None])) for _ in range(3))
+    reference = model.decode(codes[None]).audio_values[0, 0]
+    per_frame = one_shot / codes.shape[-1]
+    print(f"one-shot decode of {codes.shape[-1]} frames: {one_shot:.2f} s = {1000 * per_frame:.1f} ms per frame "
+          f"(real-time factor {1000 * per_frame / frame_ms:.3f})")
+    push_fn, finish, streams = new_stream(model)
+    latency = streams.latency_samples
+    print(f"latency: new {latency} samples = {streams.latency_ms:.1f} ms; old 10 frames = 400 ms; plus compute")
+    print("| frames per push | engine | ms per push (median) | x one-shot cost per frame | real-time factor | max error / peak |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for push in args.push:
+        for name in ("old", "new"):
+            if name == "old":
+                old = WindowedStream(model)
+                times, pieces = time_stream(old.push, codes, push)
+                tail = model.decode(old.codes[None, :, max(0, old.emitted - old.left) :]).audio_values[0, 0]
+                pieces.append(tail[(old.emitted - max(0, old.emitted - old.left)) * old.hop :])
+            else:
+                push_fn, finish, _ = new_stream(model)
+                times, pieces = time_stream(push_fn, codes, push)
+                pieces.append(finish())
+            audio = torch.cat(pieces)
+            error = float((audio - reference).abs().max() / reference.abs().max())
+            steady = statistics.median(times[len(times) // 4 :])  # past the start-up pushes
+            print(f"| {push} | {name} | {1000 * steady:.1f} | {steady / (push * per_frame):.2f} | "
+                  f"{1000 * steady / (push * frame_ms):.3f} | {error:.1e} |", flush=True)
+    _, _, streams = new_stream(model)
+    print(f"state per stream: {streams.state(streams.stream_ids[0]).nbytes / 2**20:.2f} MiB")
+
+
+@torch.inference_mode()
+def bench_streams(args, model):
+    """Streams stepped together, each pushing the same number of frames per step: the time
+    of a step, and whether it keeps up with real time (a step must take less than the audio
+    its frames make)."""
+    frame_ms = 1000 / model.config.frame_rate
+    print("| streams | frames per push | ms per step (median) | audio ms per step | real time |")
+    print("| --- | --- | --- | --- | --- |")
+    for push in args.push:
+        best = 0
+        for count in args.counts:
+            streams = DecoderStreams(model)
+            ids = [streams.add() for _ in range(count)]
+            codes = [torch.randint(0, 1024, (8, args.frames), generator=torch.Generator().manual_seed(i)) for i in ids]
+            times = []
+            for f in range(0, args.frames, push):
+                for i in ids:
+                    streams.push(i, codes[i][:, f : f + push])
+                times.append(_timed(streams.step))
+            step = statistics.median(times[len(times) // 4 :])
+            keeps_up = 1000 * step < push * frame_ms
+            best = count if keeps_up else best
+            print(f"| {count} | {push} | {1000 * step:.0f} | {push * frame_ms:.0f} | {'yes' if keeps_up else 'no'} |", flush=True)
+        print(f"| **{best}** | {push} | | | most streams in real time |")
+
+
+@torch.inference_mode()
+def bench_lookahead(args, model):
+    """Provisional audio from fewer future frames, against the exact audio, on speech."""
+    codes = speech_codes(model, args.frames)
+    reference = model.decode(codes[None]).audio_values[0, 0]
+    print("| lookahead frames | latency ms | SNR against exact (dB) | max error / peak |")
+    print("| --- | --- | --- | --- |")
+    for lookahead in args.lookaheads:
+        streams = DecoderStreams(model, lookahead_frames=lookahead)
+        s = streams.add()
+        pieces = []
+        for f in range(codes.shape[-1]):
+            streams.push(s, codes[:, f : f + 1])
+            pieces.append(streams.step()[s])
+        streams.end(s)
+        pieces.append(streams.step()[s])
+        audio = torch.cat(pieces)
+        noise = (audio - reference).norm()
+        snr = float("inf") if noise == 0 else float(20 * torch.log10(reference.norm() / noise))
+        error = float((audio - reference).abs().max() / reference.abs().max())
+        print(f"| {lookahead} | {streams.latency_ms:.0f} | {snr:.1f} | {error:.1e} |", flush=True)
+
+
+def _timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("section", choices=["push", "streams", "lookahead"])
+    ap.add_argument("--model", default=None, help="checkpoint directory (default: full size, random weights)")
+    ap.add_argument("--frames", type=int, default=125, help="code frames per stream (125 = 5 s)")
+    ap.add_argument("--push", type=int, nargs="+", default=None, help="frames per push")
+    ap.add_argument("--counts", type=int, nargs="+", default=[1, 2, 4, 6, 8, 10, 12, 16])
+    ap.add_argument("--lookaheads", type=int, nargs="+", default=list(range(11)))
+    args = ap.parse_args()
+    if args.push is None:
+        args.push = [1, 2, 5, 25] if args.section == "push" else [1, 5]
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, "
+          f"model: {args.model or 'full size, random weights'}")
+    model = HiggsAudioV2TokenizerModel.from_pretrained(args.model or prepare_model_and_inputs()[0])
+    np.random.seed(0)
+    {"push": bench_push, "streams": bench_streams, "lookahead": bench_lookahead}[args.section](args, model)
+
+
+if __name__ == "__main__":
+    main()

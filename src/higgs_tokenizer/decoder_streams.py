@@ -1,0 +1,299 @@
+"""Many decoding streams at once, each with its own state, advanced together.
+
+    streams = DecoderStreams(model)
+    a, b = streams.add(), streams.add()
+    streams.push(a, codes_a)          # [n_q, k] frames as a language model makes them
+    streams.push(b, codes_b)
+    audio = streams.step()            # {a: samples, b: samples}: what is final now
+    streams.end(a); streams.step()    # a's last samples
+    streams.remove(a)
+
+This is the API a scheduler (a server) calls. Each `step` advances every stream with
+frames waiting: streams taking the same number of frames share one batched call per
+decoder layer, a stream with nothing waiting costs nothing, and streams join and leave
+between steps. Each stream's audio equals decoding its codes alone in one call.
+
+Latency: a sample is final once `latency_samples` of audio after it have their codes
+(the decoder's right context, 394 ms for the 24 kHz model). With `lookahead_frames`
+below the exact value, each step also gives provisional samples up to `lookahead_frames`
+frames behind the newest one, computed as if the stream ended there (the decoder's own
+zero padding stands in for the frames not yet made); they are not revised later.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import torch
+
+from .streaming import DecoderPlan, DecoderState, decode_step, new_state
+
+
+@dataclass
+class _Stream:
+    state: DecoderState
+    waiting: list[torch.Tensor] = field(default_factory=list)  # [n_q, k] chunks, checked
+    ending: bool = False  # no more frames: the next step gives the last samples
+    emitted: int = 0  # samples given out
+    exact: int = 0  # samples final so far
+
+    @property
+    def frames_waiting(self) -> int:
+        return sum(c.shape[-1] for c in self.waiting)
+
+    def take(self, frames: int) -> torch.Tensor:
+        codes = torch.cat(self.waiting, dim=-1)
+        taken, rest = codes[:, :frames], codes[:, frames:]
+        self.waiting = [rest] if rest.shape[-1] else []
+        return taken
+
+
+class DecoderStreams:
+    def __init__(self, model, lookahead_frames: int | None = None, max_frames_per_step: int | None = None):
+        """`lookahead_frames`: future frames a sample waits for before it is given out;
+        None (default) or `exact_lookahead_frames` is exact, fewer gives provisional audio
+        sooner. `max_frames_per_step`: frames one step takes from a stream at most (None:
+        all that wait)."""
+        self.model = model.eval()
+        self.plan = DecoderPlan(model)
+        exact = self.exact_lookahead_frames
+        if lookahead_frames is None:
+            lookahead_frames = exact
+        if not 0 <= lookahead_frames <= exact:
+            raise ValueError(f"lookahead_frames must be from 0 to {exact}, got {lookahead_frames}")
+        if max_frames_per_step is not None and max_frames_per_step < 1:
+            raise ValueError(f"max_frames_per_step must be at least 1, got {max_frames_per_step}")
+        self.lookahead_frames = lookahead_frames
+        self.max_frames_per_step = max_frames_per_step
+        self._streams: dict[int, _Stream] = {}
+        self._ids = itertools.count()
+
+    @property
+    def exact_lookahead_frames(self) -> int:
+        """Frames after a sample's own that its exact value depends on (10 for 24 kHz)."""
+        return self.plan.end_frames
+
+    @property
+    def latency_samples(self) -> int:
+        """How far the final audio lags the newest code frame's end, in samples."""
+        if self.lookahead_frames == self.exact_lookahead_frames:
+            return self.plan.latency_samples
+        return self.lookahead_frames * self.plan.hop
+
+    @property
+    def latency_ms(self) -> float:
+        return 1000 * self.latency_samples / self.model.config.sample_rate
+
+    @property
+    def stream_ids(self) -> list[int]:
+        return list(self._streams)
+
+    def add(self) -> int:
+        """A new stream; returns its id."""
+        stream_id = next(self._ids)
+        self._streams[stream_id] = _Stream(new_state(self.model))
+        return stream_id
+
+    def remove(self, stream_id: int) -> None:
+        """Forget a stream and free its state (its waiting frames are dropped)."""
+        self._stream(stream_id)
+        del self._streams[stream_id]
+
+    def reset(self, stream_id: int) -> None:
+        """Start the stream again from nothing, under the same id."""
+        self._stream(stream_id)
+        self._streams[stream_id] = _Stream(new_state(self.model))
+
+    def state(self, stream_id: int) -> DecoderState:
+        """A copy of the stream's decoder state (the frames waiting are not part of it)."""
+        return self._stream(stream_id).state.copy()
+
+    def push(self, stream_id: int, codes) -> None:
+        """Queue code frames `[n_q, k]` for the next step. Checked first: a refused push
+        leaves the stream as it was."""
+        codes = self.check_push(stream_id, codes)
+        if codes.shape[-1]:
+            self._streams[stream_id].waiting.append(codes)
+
+    def check_push(self, stream_id: int, codes) -> torch.Tensor:
+        """`codes` as `push` would queue them for this stream, or the error it would raise."""
+        stream = self._stream(stream_id)
+        if stream.ending or stream.state.ended:
+            raise RuntimeError(f"stream {stream_id} has ended; add a new stream")
+        codes = torch.as_tensor(codes)
+        if codes.dim() != 2:
+            raise ValueError(f"push codes of shape [n_q, frames], got {tuple(codes.shape)}")
+        if codes.shape[-1] == 0:
+            return codes
+        codes = self.model.check_codes(codes[None])[0]
+        expected = stream.state.num_quantizers or (stream.waiting[0].shape[0] if stream.waiting else None)
+        if expected is not None and codes.shape[0] != expected:
+            raise ValueError(f"pushed codes have {codes.shape[0]} quantizers; this stream has {expected}")
+        return codes
+
+    def end(self, stream_id: int) -> None:
+        """No more frames for this stream: the next step gives its last samples."""
+        self._stream(stream_id).ending = True
+
+    def frames_waiting(self, stream_id: int) -> int:
+        return self._stream(stream_id).frames_waiting
+
+    def frames_decoded(self, stream_id: int) -> int:
+        return self._stream(stream_id).state.frames
+
+    def samples_emitted(self, stream_id: int) -> int:
+        return self._stream(stream_id).emitted
+
+    @torch.inference_mode()
+    def step(self) -> dict[int, torch.Tensor]:
+        """Advance every stream that has frames waiting or has ended; each one's new audio
+        (1-D, possibly empty). Streams that take as many frames (of as many quantizers)
+        share one batched call; a
+        stream that has ended gives its last samples once its frames are all decoded."""
+        groups: dict[tuple[int, int], list[int]] = {}  # (frames, quantizers) -> streams
+        for stream_id, stream in self._streams.items():
+            waiting = stream.frames_waiting
+            if waiting and not stream.state.ended:
+                take = waiting if self.max_frames_per_step is None else min(waiting, self.max_frames_per_step)
+                groups.setdefault((take, stream.waiting[0].shape[0]), []).append(stream_id)
+        out: dict[int, list[torch.Tensor]] = {}
+        for (frames, _), ids in groups.items():
+            streams = [self._streams[i] for i in ids]
+            codes = torch.stack([s.take(frames) for s in streams])
+            for stream in streams:
+                stream.state.num_quantizers = codes.shape[1]
+            audio = decode_step(self.model, self.plan, [s.state for s in streams], codes)
+            for stream_id, stream, exact, ahead in zip(ids, streams, audio, self._provisional(streams)):
+                out.setdefault(stream_id, []).append(self._emit(stream, exact, ahead))
+        ending = [i for i, s in self._streams.items() if s.ending and not s.waiting and not s.state.ended]
+        if ending:
+            streams = [self._streams[i] for i in ending]
+            audio = decode_step(self.model, self.plan, [s.state for s in streams], None)
+            for stream_id, stream, last in zip(ending, streams, audio):
+                stream.state.ended = True
+                out.setdefault(stream_id, []).append(self._emit(stream, last, None))
+        return {stream_id: torch.cat(pieces) for stream_id, pieces in out.items()}
+
+    def _provisional(self, streams: list[_Stream]) -> list[torch.Tensor | None]:
+        """Each stream's audio past its final part, as if it ended now, where the lookahead
+        asks for it (computed on copies of the states)."""
+        if self.lookahead_frames == self.exact_lookahead_frames:
+            return [None] * len(streams)
+        copies = [s.state.copy() for s in streams]
+        return decode_step(self.model, self.plan, copies, None)
+
+    def _emit(self, stream: _Stream, exact: torch.Tensor, ahead: torch.Tensor | None) -> torch.Tensor:
+        """The samples not given out yet: the new final ones, then provisional ones up to
+        the lookahead."""
+        start = stream.exact
+        stream.exact += len(exact)
+        pieces = [exact[max(0, stream.emitted - start) :]]
+        target = stream.exact
+        if ahead is not None:
+            target = max(target, (stream.state.frames - self.lookahead_frames) * self.plan.hop)
+            first = max(stream.emitted, stream.exact)
+            pieces.append(ahead[first - stream.exact : target - stream.exact])
+        audio = torch.cat(pieces).float().cpu()
+        stream.emitted = max(stream.emitted, target)
+        return audio
+
+    def _stream(self, stream_id: int) -> _Stream:
+        try:
+            return self._streams[stream_id]
+        except KeyError:
+            raise KeyError(f"no stream with id {stream_id!r} (open: {sorted(self._streams)})") from None
+
+
+class StreamingDecoder:
+    """Codes in, audio out, for one stream (or a batch in lockstep); the concatenated output
+    equals one-shot `decode`.
+
+        decoder = tokenizer.stream_decoder()
+        for codes in generated:            # [n_q, k] (or [batch, n_q, k]) as they arrive
+            play(decoder.push(codes))      # the audio that is final now (may be empty)
+        play(decoder.flush())              # the rest, at the end of the stream
+    """
+
+    def __init__(self, model, lookahead_frames: int | None = None):
+        self.streams = DecoderStreams(model, lookahead_frames=lookahead_frames)
+        self._ids: list[int] | None = None
+        self._batched: bool | None = None
+        self._closed = False
+
+    @property
+    def latency_frames(self) -> int:
+        """Frames a sample waits for: ceil(latency_samples / hop)."""
+        return -(-self.streams.latency_samples // self.streams.plan.hop)
+
+    @property
+    def latency_samples(self) -> int:
+        return self.streams.latency_samples
+
+    @property
+    def latency_ms(self) -> float:
+        return self.streams.latency_ms
+
+    @property
+    def frames_received(self) -> int:
+        return 0 if self._ids is None else self.streams.frames_decoded(self._ids[0])
+
+    @property
+    def samples_emitted(self) -> int:
+        return 0 if self._ids is None else self.streams.samples_emitted(self._ids[0])
+
+    def push(self, codes) -> torch.Tensor:
+        """Add code frames `[n_q, k]` or `[batch, n_q, k]`; return the audio now final
+        (`[samples]` or `[batch, samples]`, possibly empty)."""
+        if self._closed:
+            raise RuntimeError("this stream was flushed; start a new StreamingDecoder")
+        codes = torch.as_tensor(codes)
+        if codes.dim() not in (2, 3):
+            raise ValueError(f"push codes of shape [n_q, frames] or [batch, n_q, frames], got {tuple(codes.shape)}")
+        batched = codes.dim() == 3
+        if self._batched is not None and batched != self._batched:
+            raise ValueError("mixing batched and unbatched pushes in one stream")
+        items = codes if batched else codes[None]
+        if self._ids is not None and len(items) != len(self._ids):
+            raise ValueError(f"pushed a batch of {len(items)}; this stream has {len(self._ids)}")
+        new = self._ids is None
+        ids = self._ids if not new else [self.streams.add() for _ in items]
+        try:  # every item checked before any is queued, so a refused push changes nothing
+            checked = [self.streams.check_push(i, item) for i, item in zip(ids, items)]
+        except Exception:
+            if new:
+                for stream_id in ids:
+                    self.streams.remove(stream_id)
+            raise
+        self._ids, self._batched = ids, batched
+        for stream_id, item in zip(ids, checked):
+            self.streams.push(stream_id, item)
+        return self._collect(self.streams.step())
+
+    def flush(self) -> torch.Tensor:
+        """End the stream: the audio of every frame not yet given out."""
+        if self._ids is None:
+            raise RuntimeError("nothing was pushed")
+        if self._closed:
+            raise RuntimeError("this stream was flushed; start a new StreamingDecoder")
+        for stream_id in self._ids:
+            self.streams.end(stream_id)
+        audio = self._collect(self.streams.step())
+        self._closed = True
+        return audio
+
+    def _collect(self, out: dict[int, torch.Tensor]) -> torch.Tensor:
+        # A batch moves in lockstep, so every item has as many new samples.
+        audio = torch.stack([out.get(i, torch.zeros(0)) for i in self._ids])
+        return audio if self._batched else audio[0]
+
+
+def decode_in_chunks(model, codes: torch.Tensor, chunk_frames: int) -> torch.Tensor:
+    """`decode` of `[batch, n_q, frames]` fed `chunk_frames` at a time: the one-shot audio
+    `[batch, frames * hop]`, in memory bounded by the chunk."""
+    if int(chunk_frames) < 1:
+        raise ValueError(f"chunk_frames must be at least 1, got {chunk_frames}")
+    stream = StreamingDecoder(model)
+    pieces = [stream.push(codes[..., i : i + chunk_frames]) for i in range(0, codes.shape[-1], chunk_frames)]
+    pieces.append(stream.flush())
+    return torch.cat(pieces, dim=-1)

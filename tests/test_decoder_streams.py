@@ -1,0 +1,164 @@
+"""Many streams decoded together, each with its own state: joins, leaves, idle streams,
+bad input, copies and resets, lower-latency lookahead."""
+
+import numpy as np
+import pytest
+import torch
+from helpers import assert_audio_close, load_model
+from test_streaming import STREAM_TOL
+
+from higgs_tokenizer import decoder_streams
+from higgs_tokenizer.decoder_streams import DecoderStreams
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("tiny-24k")
+
+
+def random_codes(seed: int, num_quantizers: int, frames: int) -> torch.Tensor:
+    return torch.randint(0, 1024, (num_quantizers, frames), generator=torch.Generator().manual_seed(seed))
+
+
+def decoded_alone(model, codes: torch.Tensor) -> torch.Tensor:
+    return model.decode(codes[None]).audio_values[0, 0]
+
+
+@torch.inference_mode()
+def test_property_random_push_sizes_and_quantizer_counts(model):
+    """Any sequence of pushes, 1 to 8 quantizers, several streams stepping together: each
+    stream's audio is its one-shot decoding."""
+    rng = np.random.default_rng(7)
+    for trial in range(6):
+        streams = DecoderStreams(model)
+        codes = {streams.add(): random_codes(100 * trial + i, int(rng.integers(1, 9)), int(rng.integers(1, 40))) for i in range(3)}
+        sent = {i: 0 for i in codes}
+        audio = {i: [] for i in codes}
+        while any(sent[i] < c.shape[1] for i, c in codes.items()):
+            for i, c in codes.items():
+                if sent[i] < c.shape[1] and rng.random() < 0.7:
+                    size = int(rng.integers(1, 12))
+                    streams.push(i, c[:, sent[i] : sent[i] + size])
+                    sent[i] = min(c.shape[1], sent[i] + size)
+                    if sent[i] == c.shape[1]:
+                        streams.end(i)
+            for i, piece in streams.step().items():
+                audio[i].append(piece)
+        for i, piece in streams.step().items():
+            audio[i].append(piece)
+        for i, c in codes.items():
+            assert_audio_close(torch.cat(audio[i]), decoded_alone(model, c), tol=STREAM_TOL)
+
+
+@torch.inference_mode()
+def test_streams_join_and_leave_and_idle_ones_cost_nothing(model, monkeypatch):
+    calls = []
+    real = decoder_streams.decode_step
+    monkeypatch.setattr(decoder_streams, "decode_step", lambda m, p, states, c: calls.append((len(states), c is None)) or real(m, p, states, c))
+    streams = DecoderStreams(model)
+    a, b = streams.add(), streams.add()
+    codes_a, codes_b, codes_c = random_codes(1, 8, 30), random_codes(2, 8, 30), random_codes(3, 8, 12)
+    out = {a: [], b: []}
+    for f in range(30):
+        streams.push(a, codes_a[:, f : f + 1])
+        if f % 3 == 0:  # b pushes three frames every third step and idles in between
+            streams.push(b, codes_b[:, f : f + 3])
+        for i, piece in streams.step().items():
+            out.setdefault(i, []).append(piece)
+        if f == 10:
+            c = streams.add()  # joins mid-way
+            streams.push(c, codes_c)
+            streams.end(c)
+    # a every step, b on its 10 steps with frames (never while idle), c once; c's end once.
+    assert sum(1 for _, end in calls if not end) == 30 + 10 + 1 and sum(end for _, end in calls) == 1
+    streams.end(a)
+    streams.end(b)
+    for i, piece in streams.step().items():
+        out[i].append(piece)
+    assert_audio_close(torch.cat(out[a]), decoded_alone(model, codes_a), tol=STREAM_TOL)
+    assert_audio_close(torch.cat(out[b]), decoded_alone(model, codes_b), tol=STREAM_TOL)
+    assert_audio_close(torch.cat(out[c]), decoded_alone(model, codes_c), tol=STREAM_TOL)
+    streams.remove(a)
+    assert a not in streams.stream_ids
+    calls.clear()
+    d, e = streams.add(), streams.add()
+    streams.push(d, codes_a[:, :2])
+    streams.push(e, codes_b[:, :2])
+    streams.step()
+    assert calls == [(2, False)]  # streams taking as many frames share one call
+    with pytest.raises(KeyError, match=f"no stream with id {a}"):
+        streams.push(a, codes_a[:, :1])
+
+
+@torch.inference_mode()
+def test_bad_input_leaves_the_stream_usable(model):
+    streams = DecoderStreams(model)
+    s = streams.add()
+    codes = random_codes(4, 6, 20)
+    streams.push(s, codes[:, :5])
+    pieces = [streams.step()[s]]
+    refused = {
+        "this stream has 6": codes[:4, 5:6],  # another quantizer count mid-stream
+        "must lie in \\[0, 1024\\)": torch.full((6, 1), 1025),
+        "integer tensor": codes[:, 5:6].float(),
+        "shape \\[n_q, frames\\]": codes[None, :, 5:6],
+    }
+    for match, bad in refused.items():
+        with pytest.raises((ValueError, TypeError), match=match):
+            streams.push(s, bad)
+    assert streams.frames_waiting(s) == 0 and streams.frames_decoded(s) == 5
+    streams.push(s, codes[:, 5:])
+    streams.end(s)
+    pieces.append(streams.step()[s])
+    assert_audio_close(torch.cat(pieces), decoded_alone(model, codes), tol=STREAM_TOL)
+    with pytest.raises(RuntimeError, match="has ended"):
+        streams.push(s, codes[:, :1])
+    with pytest.raises(KeyError, match="no stream with id 99"):
+        streams.end(99)
+    with pytest.raises(ValueError, match="lookahead_frames must be from 0 to 10"):
+        DecoderStreams(model, lookahead_frames=11)
+
+
+@torch.inference_mode()
+def test_state_copies_are_independent_and_reset_starts_again(model):
+    streams = DecoderStreams(model)
+    s = streams.add()
+    codes = random_codes(5, 8, 16)
+    streams.push(s, codes[:, :8])
+    streams.step()
+    saved = streams.state(s)
+    streams.push(s, codes[:, 8:])
+    streams.step()
+    assert saved.frames == 8 and streams.frames_decoded(s) == 16
+    assert saved.nbytes == streams.state(s).nbytes > 0
+    streams.reset(s)
+    other = random_codes(6, 8, 9)
+    streams.push(s, other)
+    streams.end(s)
+    assert_audio_close(streams.step()[s], decoded_alone(model, other), tol=STREAM_TOL)
+
+
+@torch.inference_mode()
+def test_lookahead_gives_audio_sooner(model):
+    codes = random_codes(8, 8, 24)
+    hop = model.config.hop_length
+    assert DecoderStreams(model).step() == {}  # nothing to do, nothing decoded
+    for lookahead in (0, 4, 10):
+        streams = DecoderStreams(model, lookahead_frames=lookahead)
+        s = streams.add()
+        pieces = []
+        for f in range(codes.shape[1]):
+            streams.push(s, codes[:, f : f + 1])
+            pieces.append(streams.step()[s])
+            given = sum(len(p) for p in pieces)
+            assert given == max((f + 1) * hop - streams.plan.latency_samples, (f + 1 - lookahead) * hop, 0)
+        streams.end(s)
+        pieces.append(streams.step()[s])
+        audio = torch.cat(pieces)
+        assert audio.shape == (codes.shape[1] * hop,)
+        reference = decoded_alone(model, codes)
+        if lookahead == 10:
+            assert_audio_close(audio, reference, tol=STREAM_TOL)
+        else:  # provisional samples, never revised: close to the exact audio, not equal
+            assert not torch.allclose(audio, reference, atol=1e-5 * float(reference.abs().max()))
+            assert float((audio - reference).norm() / reference.norm()) < 1.0
