@@ -183,7 +183,8 @@ class _Step:
 
     def finish(self) -> None:
         for b, state in enumerate(self.states):
-            state.buffers = {name: buf[b : b + 1] for name, buf in self.buffers.items()}
+            # Copies: a view would keep the whole batch's history tensor alive.
+            state.buffers = {name: buf[b : b + 1].clone() for name, buf in self.buffers.items()}
             state.produced = {name: counts[b] for name, counts in self.produced.items()}
 
 
