@@ -24,7 +24,7 @@ from .acoustic import AcousticDecoder, AcousticEncoder
 from .checkpoint import load_pretrained, save_pretrained
 from .config import LENGTH_RULES, HiggsAudioV2TokenizerConfig
 from .hubert import HubertModel
-from .layers import Snake1d, conv_stack_output_length, snake_reference, zero_padding
+from .layers import Snake1d, conv_stack_output_length, derived_tensor, snake_reference, zero_padding
 from .quantizer import ResidualVectorQuantizer, codebooks_sha256
 from .resample import resample
 from .runtime import full_float32, tune_cpu_allocator
@@ -382,18 +382,16 @@ class HiggsAudioV2TokenizerModel(nn.Module):
         (without fc2's bias), computed in float64; cached until a weight changes."""
         quantizers = self.quantizer.quantizers
         weights = [self.fc2.weight] + [t for q in quantizers for t in (q.codebook.embed, q.project_out.weight, q.project_out.bias)]
-        # Inference tensors keep no version counter; their storage identifies them.
-        key = tuple((w.data_ptr(), None if w.is_inference() else w._version, w.dtype, w.device) for w in weights)
-        cached = self.__dict__.get("_codeword_tables_cache")
-        if cached is None or cached[0] != key:
-            with torch.inference_mode(False), torch.no_grad():
-                fc2 = self.fc2.weight.double().T
-                tables = [
-                    (q.codebook.embed.double() @ q.project_out.weight.double().T + q.project_out.bias.double()) @ fc2
-                    for q in quantizers
-                ]
-                cached = self.__dict__["_codeword_tables_cache"] = (key, torch.stack(tables).to(self.dtype))
-        return cached[1]
+
+        def make() -> torch.Tensor:
+            fc2 = self.fc2.weight.double().T
+            tables = [
+                (q.codebook.embed.double() @ q.project_out.weight.double().T + q.project_out.bias.double()) @ fc2
+                for q in quantizers
+            ]
+            return torch.stack(tables).to(self.dtype)
+
+        return derived_tensor(self, "codeword_tables", weights, make)
 
     def forward(
         self,

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import onednn_conv1d
+from .layers import onednn_conv1d, onednn_linear
 from .runtime import full_float32
 
 
@@ -156,14 +156,15 @@ class _Step:
 
     def __init__(self, model, plan: DecoderPlan, states: list[DecoderState], end: bool):
         self.plan, self.states, self.end = plan, states, end
-        self.buffers = {name: torch.cat([s.buffers[name] for s in states]) for name in states[0].buffers}
+        self.buffers = {name: _stack([s.buffers[name] for s in states]) for name in states[0].buffers}
         self.produced = {name: [s.produced.get(name, 0) for s in states] for name in plan.timing}
         self.device = model.device
 
     def history(self, name: str, x: torch.Tensor, keep: int) -> torch.Tensor:
         """`x` after the inputs kept from earlier steps; keeps the last `keep` for the next."""
         full = torch.cat([self.buffers[name], x], dim=-1)
-        self.buffers[name] = full[..., full.shape[-1] - keep :]
+        # A copy: a view would keep the whole of `full` alive with each stream's state.
+        self.buffers[name] = full[..., full.shape[-1] - keep :].clone()
         return full
 
     def settle(self, name: str, y: torch.Tensor) -> torch.Tensor:
@@ -183,9 +184,12 @@ class _Step:
 
     def finish(self) -> None:
         for b, state in enumerate(self.states):
-            # Copies: a view would keep the whole batch's history tensor alive.
-            state.buffers = {name: buf[b : b + 1].clone() for name, buf in self.buffers.items()}
+            state.buffers = {name: buf[b : b + 1] for name, buf in self.buffers.items()}
             state.produced = {name: counts[b] for name, counts in self.produced.items()}
+
+
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
 def decode_step(model, plan: DecoderPlan, states: list[DecoderState], codes: torch.Tensor | None) -> list[torch.Tensor]:
@@ -250,13 +254,14 @@ def _residual(step: _Step, name: str, unit, x: torch.Tensor) -> torch.Tensor:
     p = unit.conv1.padding[0]
     skip = step.history(f"{name}.skip", x, keep=p)[..., : x.shape[-1]]
     branch = _conv(step, f"{name}.conv1", unit.conv1, unit.snake1(x))
-    return skip + unit.conv2(unit.snake2(branch))
+    return skip + _causal_conv(unit.snake2(branch), unit.conv2.weight, unit.conv2.bias, 1)
 
 
-# Output columns (batch x samples) up to which a conv runs as one matrix product: a step
-# of a few frames gives the frame-rate layers only a column or two, where oneDNN's conv
-# (which also reorders its weights on every call) is up to 8 times slower (benchmarks/streaming.py).
-MATMUL_COLUMNS = 16
+# Output columns (batch x samples) up to which a conv runs as one matrix product. A step
+# gives the frame-rate layers few columns, where oneDNN's conv (which also reorders its
+# weights on every call) is slower; past a few hundred, the product's input copy (K times
+# the conv's) costs more than it saves (benchmarks/streaming.py, 2-core CPU).
+MATMUL_COLUMNS = 128
 
 
 def _causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int) -> torch.Tensor:
@@ -265,7 +270,10 @@ def _causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     width = x.shape[-1] - dilation * (taps - 1)
     if x.shape[0] * width > MATMUL_COLUMNS:
         return onednn_conv1d(x, weight, bias, dilation=dilation)
-    columns = x.unfold(-1, dilation * (taps - 1) + 1, 1)[..., ::dilation]  # [B, C, width, K]
-    columns = columns.permute(0, 2, 1, 3).reshape(x.shape[0] * width, channels * taps)
-    out = F.linear(columns, weight.reshape(out_channels, channels * taps), bias)
+    if taps == 1:
+        columns = x.transpose(1, 2).reshape(x.shape[0] * width, channels)
+    else:
+        columns = x.unfold(-1, dilation * (taps - 1) + 1, 1)[..., ::dilation]  # [B, C, width, K]
+        columns = columns.permute(0, 2, 1, 3).reshape(x.shape[0] * width, channels * taps)
+    out = onednn_linear(columns, weight.reshape(out_channels, channels * taps), bias)
     return out.view(x.shape[0], width, out_channels).transpose(1, 2)
