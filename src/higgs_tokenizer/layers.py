@@ -43,7 +43,8 @@ class Snake1d(nn.Module):
             return self.kernel(x, self.alpha)
         if torch.is_grad_enabled() and (x.requires_grad or self.alpha.requires_grad):
             return snake_reference(x, self.alpha)
-        return snake_inference(x, self.alpha)
+        inverse = derived_tensor(self, "inverse_alpha", [self.alpha], lambda: _inverse_alpha(self.alpha))
+        return snake_inference(x, self.alpha, inverse)
 
 
 def snake_reference(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -51,8 +52,12 @@ def snake_reference(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     return x + (alpha + 1e-9).reciprocal() * torch.sin(alpha * x).pow(2)
 
 
-def snake_inference(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """`snake_reference` bit for bit, computed in one output buffer.
+def _inverse_alpha(alpha: torch.Tensor) -> torch.Tensor:
+    return (alpha + 1e-9).reciprocal()  # the 1e-9 keeps α = 0 finite, as in the reference
+
+
+def snake_inference(x: torch.Tensor, alpha: torch.Tensor, inverse: torch.Tensor | None = None) -> torch.Tensor:
+    """`snake_reference` bit for bit, computed in one output buffer (`inverse`: 1 / (α + 1e-9)).
 
     The reference allocates four temporaries as large as `x`; on the CPU each
     fresh large buffer costs page faults, and its five passes over memory are
@@ -60,10 +65,14 @@ def snake_inference(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     that fits in cache. The same elementwise operations in the same order give
     the same bits (products and sums commute exactly).
     """
-    inverse = (alpha + 1e-9).reciprocal()
+    if inverse is None:
+        inverse = _inverse_alpha(alpha)
     out = torch.empty_like(x)
     width = x.shape[-1]
-    step = width if x.device.type != "cpu" else max(1, SNAKE_SLICE_ELEMENTS // max(1, x[..., :1].numel()))
+    step = width if x.device.type != "cpu" else max(1, SNAKE_SLICE_ELEMENTS * width // max(1, x.numel()))
+    if step >= width:  # one slice: no views to make
+        torch.mul(alpha, x, out=out)
+        return out.sin_().pow_(2).mul_(inverse).add_(x)
     for start in range(0, width, step):
         x_part, part = x[..., start : start + step], out[..., start : start + step]
         torch.mul(alpha, x_part, out=part)

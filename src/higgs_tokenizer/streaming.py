@@ -260,7 +260,8 @@ def _residual(step: _Step, name: str, unit, x: torch.Tensor) -> torch.Tensor:
 # Output columns (batch x samples) up to which a conv runs as one matrix product. A step
 # gives the frame-rate layers few columns, where oneDNN's conv (which also reorders its
 # weights on every call) is slower; past a few hundred, the product's input copy (K times
-# the conv's) costs more than it saves (benchmarks/streaming.py, 2-core CPU).
+# the conv's) costs more than it saves (benchmarks/streaming.py, 2-core CPU). 1-tap convs
+# need no copy, and always run as products.
 MATMUL_COLUMNS = 128
 
 
@@ -268,7 +269,7 @@ def _causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     """An unpadded stride-1 conv: `x` `[B, C, L]` → `[B, out, L - dilation * (K - 1)]`."""
     out_channels, channels, taps = weight.shape
     width = x.shape[-1] - dilation * (taps - 1)
-    if x.shape[0] * width > MATMUL_COLUMNS:
+    if taps > 1 and x.shape[0] * width > MATMUL_COLUMNS:
         return onednn_conv1d(x, weight, bias, dilation=dilation)
     if taps == 1:
         columns = x.transpose(1, 2).reshape(x.shape[0] * width, channels)
