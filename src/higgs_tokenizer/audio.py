@@ -30,6 +30,16 @@ class AudioDecodeError(ValueError):
     """A file that exists but holds no decodable audio."""
 
 
+class AudioTooLongError(ValueError):
+    """Audio longer than the caller allows (`max_seconds`): refused before it is all decoded."""
+
+
+# Rates above this are refused where a caller bounds the duration: with the duration,
+# they bound the samples decoded (and no real recording needs more).
+MAX_SAMPLE_RATE = 384_000
+MAX_CHANNELS = 64
+
+
 class MissingExtraError(ImportError):
     """An optional dependency is needed for this input; the message names the extra to install."""
 
@@ -60,19 +70,31 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None) -> tuple
     return _mono_at_rate(channels, rate, sample_rate, str(path))
 
 
-def load_audio_bytes(data: bytes, sample_rate: int | None = None, name: str = "<bytes>") -> tuple[np.ndarray, int]:
-    """`load_audio` for an encoded file held in memory (a Parquet audio column, say);
-    `name` labels errors."""
+def load_audio_bytes(data: bytes, sample_rate: int | None = None, name: str = "<bytes>",
+                     max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """`load_audio` for an encoded file held in memory (a Parquet audio column, an upload);
+    `name` labels errors. `max_seconds`: refuse longer audio (`AudioTooLongError`) without
+    decoding more than that much of it, whatever the file's header claims."""
     if not data:
         raise AudioDecodeError(f"{name}: empty audio bytes")
     try:
-        channels, rate = _read_soundfile(io.BytesIO(data), name)
+        channels, rate = _read_soundfile(io.BytesIO(data), name, max_seconds)
     except AudioDecodeError as err:
         try:
-            channels, rate = _read_pyav(io.BytesIO(data), name)
+            channels, rate = _read_pyav(io.BytesIO(data), name, max_seconds)
         except MissingExtraError:
             raise err from None
     return _mono_at_rate(channels, rate, sample_rate, name)
+
+
+def _check_size(name: str, rate: int, channels: int, frames: int, max_seconds: float | None) -> None:
+    if max_seconds is None:
+        return
+    if not 0 < rate <= MAX_SAMPLE_RATE or channels > MAX_CHANNELS:
+        raise AudioDecodeError(f"{name}: {channels} channels at {rate} Hz: not audio this reads "
+                               f"(at most {MAX_CHANNELS} channels, {MAX_SAMPLE_RATE} Hz)")
+    if frames > max_seconds * rate:
+        raise AudioTooLongError(f"{name}: longer than the {max_seconds:g} s allowed")
 
 
 def _mono_at_rate(channels: np.ndarray, rate: int, sample_rate: int | None, name: str) -> tuple[np.ndarray, int]:
@@ -100,12 +122,14 @@ def resample_audio(samples: np.ndarray, orig_rate: int, new_rate: int) -> np.nda
     return soxr.resample(np.ascontiguousarray(samples, dtype=np.float32), orig_rate, new_rate, quality="VHQ")
 
 
-def _read_soundfile(source: Path | io.BytesIO, name: str | None = None) -> tuple[np.ndarray, int]:
+def _read_soundfile(source: Path | io.BytesIO, name: str | None = None, max_seconds: float | None = None):
     import soundfile as sf
 
     name = name or str(source)
     try:
-        data, rate = sf.read(source if isinstance(source, io.BytesIO) else str(source), dtype="float32", always_2d=True)
+        with sf.SoundFile(source if isinstance(source, io.BytesIO) else str(source)) as f:
+            _check_size(name, f.samplerate, f.channels, f.frames, max_seconds)
+            data, rate = f.read(dtype="float32", always_2d=True), f.samplerate
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
         raise AudioDecodeError(f"{name}: not a readable audio file ({_reason(err)})") from None
     return data.T, int(rate)
@@ -119,7 +143,7 @@ def _reason(err: Exception) -> str:
     return text or type(err).__name__
 
 
-def _read_pyav(source: Path | io.BytesIO, name: str | None = None) -> tuple[np.ndarray, int]:
+def _read_pyav(source: Path | io.BytesIO, name: str | None = None, max_seconds: float | None = None):
     name = name or str(source)
     try:
         import av
@@ -131,16 +155,17 @@ def _read_pyav(source: Path | io.BytesIO, name: str | None = None) -> tuple[np.n
             if not container.streams.audio:
                 raise AudioDecodeError(f"{name}: has no audio stream")
             stream = container.streams.audio[0]
+            rate = stream.codec_context.sample_rate or stream.rate
             # Planar float: one row per channel, already scaled to [-1, 1].
             resampler = av.AudioResampler(format="fltp")
-            chunks = [
-                frame.to_ndarray()
-                for decoded in container.decode(stream)
-                for frame in resampler.resample(decoded)
-            ]
+            chunks, frames = [], 0
+            for decoded in container.decode(stream):
+                for frame in resampler.resample(decoded):
+                    chunks.append(frame.to_ndarray())
+                    frames += chunks[-1].shape[1]
+                    _check_size(name, rate, chunks[-1].shape[0], frames, max_seconds)
             chunks += [frame.to_ndarray() for frame in resampler.resample(None)]
-            rate = stream.codec_context.sample_rate or stream.rate
-    except AudioDecodeError:
+    except (AudioDecodeError, AudioTooLongError):
         raise
     except Exception as err:  # PyAV raises its own error classes per FFmpeg error code
         raise AudioDecodeError(f"{name}: not a readable audio file ({type(err).__name__}: {err})") from None

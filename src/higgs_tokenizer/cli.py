@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .audio import AUDIO_EXTENSIONS, WRITE_FORMATS, write_audio
+from .audio import AUDIO_EXTENSIONS, WRITE_FORMATS, MissingExtraError, write_audio
 from .codes_file import SUFFIX
 from .config import LENGTH_RULES
 from .tokenizer import num_samples
@@ -24,6 +24,8 @@ EXAMPLES = {
     "roundtrip": "example:\n  higgs-tokenizer roundtrip speech.wav -o speech.roundtrip.wav",
     "info": "examples:\n  higgs-tokenizer info\n  higgs-tokenizer info /models/higgs-audio-v2-tokenizer",
     "convert": "example:\n  higgs-tokenizer convert original_checkpoint/ converted/",
+    "serve": "examples:\n  higgs-tokenizer serve --model checkpoint/ --port 8000\n"
+    "  higgs-tokenizer serve --model checkpoint/ --device cuda --max-streams 256   # then open http://127.0.0.1:8000/",
     "tokenize-dataset": "examples:\n  higgs-tokenizer tokenize-dataset corpus/ --output tokens/\n"
     "  higgs-tokenizer tokenize-dataset manifest.jsonl --output tokens/ --shard-size 512 --workers 4\n"
     "  higgs-tokenizer tokenize-dataset data.parquet --output tokens/ --engine ray --ray-address auto --num-actors 8 --gpus-per-actor 1",
@@ -294,6 +296,25 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    try:
+        from .serve.app import run
+    except ImportError as err:
+        raise MissingExtraError(f"serving needs the [serve] extra ({err.name} is missing): "
+                                "pip install 'higgs-audio-tokenizer[serve]'") from None
+    from .serve.settings import ServeSettings
+
+    settings = ServeSettings(
+        host=args.host, port=args.port, max_streams=args.max_streams, max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms, max_upload_mb=args.max_upload_mb, max_audio_seconds=args.max_audio_seconds,
+        stream_idle_seconds=args.stream_idle_seconds,
+    )
+    tokenizer = _load_tokenizer(args)
+    tokenizer.batch_size = settings.max_batch
+    run(tokenizer, settings)
+    return 0
+
+
 def cmd_convert(args) -> int:
     from .model import convert_original_to_transformers
 
@@ -439,6 +460,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-actor", type=float, default=1.0,
                    help="Ray: CPUs each model actor takes, and its torch threads (default 1)")
     p.set_defaults(run=cmd_tokenize_dataset)
+
+    p = add("serve", "serve encode and decode over HTTP, and streamed decoding over WebSocket (needs the [serve] extra)",
+            [common])
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free one)")
+    p.add_argument("--max-streams", type=int, default=16, help="decode streams open at once (default 16)")
+    p.add_argument("--max-batch", type=int, default=8, help="encode requests per model call (default 8)")
+    p.add_argument("--max-wait-ms", type=float, default=10.0,
+                   help="how long an encode request waits for others to share its batch (default 10)")
+    p.add_argument("--max-upload-mb", type=float, default=50.0, help="largest request body (default 50 MB)")
+    p.add_argument("--max-audio-seconds", type=float, default=600.0,
+                   help="longest audio to encode, or to decode from codes (default 600)")
+    p.add_argument("--stream-idle-seconds", type=float, default=30.0,
+                   help="close a stream that sends nothing for this long (default 30)")
+    p.set_defaults(run=cmd_serve)
 
     p = add("convert", "convert an original-format checkpoint to the transformers format", [common])
     p.add_argument("source", help="original-format checkpoint (directory or Hub id)")

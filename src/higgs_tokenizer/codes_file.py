@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,16 +104,20 @@ class EncodedAudio:
             "created_by": f"higgs-audio-tokenizer {__version__}",
         }
 
-    def save(self, path: str | os.PathLike) -> Path:
-        from safetensors.torch import save_file
+    def to_bytes(self) -> bytes:
+        """The codes file's bytes (what `save` writes)."""
+        from safetensors.torch import save
 
         if self.codebook_size > 2**15:
             raise CodesFileError(f"codebook size {self.codebook_size} does not fit the int16 codes of format version 1")
         metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "header": json.dumps(self.header())}
-        tensors = {"codes": self.codes.detach().to("cpu", torch.int16).contiguous()}
+        return save({"codes": self.codes.detach().to("cpu", torch.int16).contiguous()}, metadata=metadata)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        data = self.to_bytes()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+        return write_atomic(path, lambda tmp: Path(tmp).write_bytes(data))
 
     def check_model(self, identity: ModelIdentity, config) -> None:
         """Refuse to decode with a model whose codes mean something else, or whose frame
@@ -148,35 +153,45 @@ class EncodedAudio:
             )
 
 
-def load_codes(path: str | os.PathLike) -> EncodedAudio:
-    """Read and validate a codes file (no unpickling; every size checked against the header)."""
+def load_codes_bytes(data: bytes, name: str = "<bytes>") -> EncodedAudio:
+    """`load_codes` for a codes file held in memory (an upload); `name` labels errors."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "codes.hac"
+        path.write_bytes(data)
+        return load_codes(path, name=name)
+
+
+def load_codes(path: str | os.PathLike, name: str | None = None) -> EncodedAudio:
+    """Read and validate a codes file (no unpickling; every size checked against the header);
+    `name` labels errors (default: the path)."""
     from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such codes file")
+    label = name if name is not None else str(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
             names = list(f.keys())
             codes = f.get_tensor("codes") if names == ["codes"] else None
     except Exception as err:
-        raise CodesFileError(f"{path}: not a codes file ({type(err).__name__}: {err})") from None
+        raise CodesFileError(f"{label}: not a codes file ({type(err).__name__}: {err})") from None
     if metadata.get("format") != FORMAT:
-        raise CodesFileError(f"{path}: not a Higgs audio codes file (format {metadata.get('format')!r})")
+        raise CodesFileError(f"{label}: not a Higgs audio codes file (format {metadata.get('format')!r})")
     try:
         version = int(metadata.get("format_version", ""))
     except ValueError:
-        raise CodesFileError(f"{path}: bad format_version {metadata.get('format_version')!r}") from None
+        raise CodesFileError(f"{label}: bad format_version {metadata.get('format_version')!r}") from None
     if version > FORMAT_VERSION:
         raise CodesFileError(
-            f"{path}: format version {version} is newer than this reader (version {FORMAT_VERSION}); "
+            f"{label}: format version {version} is newer than this reader (version {FORMAT_VERSION}); "
             "upgrade higgs-audio-tokenizer"
         )
     if version < 1:
-        raise CodesFileError(f"{path}: bad format_version {version}")
+        raise CodesFileError(f"{label}: bad format_version {version}")
     if codes is None:
-        raise CodesFileError(f"{path}: expected exactly one tensor named 'codes', found {names}")
+        raise CodesFileError(f"{label}: expected exactly one tensor named 'codes', found {names}")
     try:
         header = json.loads(metadata["header"])
         fields = {
@@ -187,23 +202,23 @@ def load_codes(path: str | os.PathLike) -> EncodedAudio:
             str(header["model_name"]), str(header["model_config_sha256"]), str(header["codebooks_sha256"])
         )
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
-        raise CodesFileError(f"{path}: malformed header ({type(err).__name__}: {err})") from None
+        raise CodesFileError(f"{label}: malformed header ({type(err).__name__}: {err})") from None
     if codes.dtype != torch.int16 or codes.dim() != 2:
-        raise CodesFileError(f"{path}: codes must be int16 [num_quantizers, frames], got {codes.dtype} {tuple(codes.shape)}")
+        raise CodesFileError(f"{label}: codes must be int16 [num_quantizers, frames], got {codes.dtype} {tuple(codes.shape)}")
     n_q, frames = codes.shape
     if n_q != fields["num_quantizers"] or n_q < 1 or frames < 1:
         raise CodesFileError(
-            f"{path}: codes shape {tuple(codes.shape)} does not match the header ({fields['num_quantizers']} quantizers)"
+            f"{label}: codes shape {tuple(codes.shape)} does not match the header ({fields['num_quantizers']} quantizers)"
         )
     if min(fields.values()) < 1:
-        raise CodesFileError(f"{path}: non-positive size in the header {fields}")
+        raise CodesFileError(f"{label}: non-positive size in the header {fields}")
     if abs(frames * fields["hop_length"] - fields["num_samples"]) > 2 * fields["hop_length"]:
         raise CodesFileError(
-            f"{path}: {frames} frames of {fields['hop_length']} samples cannot hold {fields['num_samples']} samples"
+            f"{label}: {frames} frames of {fields['hop_length']} samples cannot hold {fields['num_samples']} samples"
         )
     codes = codes.long()
     if int(codes.min()) < 0 or int(codes.max()) >= fields["codebook_size"]:
-        raise CodesFileError(f"{path}: codes outside [0, {fields['codebook_size']})")
+        raise CodesFileError(f"{label}: codes outside [0, {fields['codebook_size']})")
     return EncodedAudio(
         codes=codes,
         num_samples=fields["num_samples"],

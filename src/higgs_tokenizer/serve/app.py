@@ -1,0 +1,410 @@
+"""The HTTP and WebSocket front of the codec server (Starlette on uvicorn).
+
+    POST /v1/encode          audio (a file in any format the file API reads, as the body
+                             or a multipart field "file"; or raw PCM with ?format=pcm_s16le
+                             &sample_rate=...) → codes as JSON, or a .hac file when
+                             Accept: application/x-higgs-audio-codes (or ?as=hac)
+    POST /v1/decode          codes as JSON or a .hac file → WAV (or ?format=flac,
+                             pcm_s16le, pcm_f32le, or by Accept), cut to num_samples when known
+    WS   /v1/decode/stream   code frames in, PCM chunks out as soon as they are final
+    GET  /health, /metrics, /v1/info, and / (the playground page)
+
+The model work happens in `engine.Engine`'s two workers; handlers only read, check,
+submit and answer. Every input is bounded by `ServeSettings`; a bad request gets a 4xx
+with the reason and touches nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from importlib import resources
+
+import numpy as np
+import torch
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from ..audio import AudioDecodeError, AudioTooLongError, load_audio_bytes, resample_audio, to_mono
+from ..codes_file import SUFFIX, CodesFileError, load_codes_bytes
+from ..version import __version__
+from .engine import Busy, Engine
+from .metrics import Metrics
+from .settings import ServeSettings
+from .wire import (
+    CODES_MEDIA_TYPE,
+    BadRequest,
+    audio_format,
+    audio_media_type,
+    codes_from_json,
+    encode_audio,
+    multipart_fields,
+    pcm_samples,
+    stream_frames,
+)
+
+log = logging.getLogger("higgs_tokenizer.serve")
+
+WS_MAX_MESSAGE_BYTES = 1 << 20  # a stream message: at most max_frames_per_message frames, as JSON
+# WebSocket close codes (RFC 6455 and the IANA registry).
+CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_ERROR, CLOSE_TRY_AGAIN = 1000, 1001, 1008, 1011, 1013
+
+
+def create_app(tokenizer, settings: ServeSettings | None = None) -> Starlette:
+    settings = settings or ServeSettings()
+    metrics = Metrics()
+    engine = Engine(tokenizer, settings, metrics)
+    server = _Handlers(tokenizer, settings, metrics, engine)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        engine.start()
+        log.info("serving %s (%s, %s) on %s threads", tokenizer.name, tokenizer.model.device, tokenizer.model.dtype,
+                 torch.get_num_threads())
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(engine.stop)
+
+    static = resources.files("higgs_tokenizer.serve") / "static"
+    app = Starlette(
+        routes=[
+            Route("/", server.index),
+            Route("/health", server.health),
+            Route("/metrics", server.metrics_text),
+            Route("/v1/info", server.info),
+            Route("/v1/encode", server.encode, methods=["POST"]),
+            Route("/v1/decode", server.decode, methods=["POST"]),
+            WebSocketRoute("/v1/decode/stream", server.stream),
+            Mount("/static", StaticFiles(directory=str(static)), name="static"),
+        ],
+        lifespan=lifespan,
+    )
+    app.add_middleware(_AccessLog, metrics=metrics)
+    app.state.engine = engine
+    return app
+
+
+class _AccessLog:
+    """One log line and the request metrics per HTTP request (streams log their own)."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), [500]
+
+        async def send_and_note(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            seconds = time.perf_counter() - started
+            endpoint = scope["path"] if scope["path"] in _ENDPOINTS else "other"
+            self.metrics.requests.inc(endpoint=endpoint, status=str(status[0]))
+            self.metrics.latency.observe(seconds, endpoint=endpoint)
+            client = scope.get("client") or ("-", 0)
+            log.info('%s "%s %s" %d %.1f ms', client[0], scope["method"], scope["path"], status[0], 1000 * seconds)
+
+
+_ENDPOINTS = frozenset({"/", "/health", "/metrics", "/v1/info", "/v1/encode", "/v1/decode", "/v1/decode/stream"})
+
+
+class _Handlers:
+    def __init__(self, tokenizer, settings: ServeSettings, metrics: Metrics, engine: Engine):
+        self.tokenizer, self.settings, self.metrics, self.engine = tokenizer, settings, metrics, engine
+        self.max_frames = int(settings.max_audio_seconds * tokenizer.frame_rate)
+        self.exact_lookahead = tokenizer.stream_decoder().latency_frames
+
+    # ------------------------------------------------------------------ small pages
+    async def index(self, request: Request) -> Response:
+        return FileResponse(str(resources.files("higgs_tokenizer.serve") / "static" / "index.html"))
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", "version": __version__, "model": self.tokenizer.name})
+
+    async def metrics_text(self, request: Request) -> Response:
+        return PlainTextResponse(self.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    async def info(self, request: Request) -> Response:
+        config, identity = self.tokenizer.config, self.tokenizer.identity
+        return JSONResponse({
+            "version": __version__,
+            "model": {"name": identity.name, "config_sha256": identity.config_sha256, "codebooks_sha256": identity.codebooks_sha256},
+            "sample_rate": config.sample_rate,
+            "frame_rate": config.frame_rate,
+            "hop_length": config.hop_length,
+            "num_quantizers": config.num_quantizers,
+            "codebook_size": config.codebook_size,
+            "bandwidths": list(config.target_bandwidths),
+            "limits": {
+                "max_upload_bytes": self.settings.max_upload_bytes,
+                "max_audio_seconds": self.settings.max_audio_seconds,
+                "max_streams": self.settings.max_streams,
+                "max_frames_per_message": self.settings.max_frames_per_message,
+                "stream_idle_seconds": self.settings.stream_idle_seconds,
+            },
+        })
+
+    # ------------------------------------------------------------------ encode
+    async def encode(self, request: Request) -> Response:
+        try:
+            body = await self._body(request)
+            params = dict(request.query_params)
+            content_type = request.headers.get("content-type", "")
+            data, name = body, "upload"
+            if content_type.lower().startswith("multipart/form-data"):
+                fields = multipart_fields(body, content_type)
+                if "file" not in fields:
+                    raise BadRequest('multipart body without a "file" field')
+                filename, data = fields.pop("file")
+                name = filename or name
+                params.update({k: v.decode("utf-8", "replace") for k, (_, v) in fields.items()})
+            bandwidth = _number(params, "bandwidth", float)
+            clip = await asyncio.to_thread(self._clip, data, name, params)
+            started = time.perf_counter()
+            codes = await asyncio.wrap_future(self.engine.encode(clip, bandwidth))
+            seconds = time.perf_counter() - started
+            encoded = self.tokenizer.as_encoded_audio(codes, len(clip), source=name)
+            headers = {"X-Encode-Seconds": f"{seconds:.4f}"}
+            if params.get("as") == "hac" or CODES_MEDIA_TYPE in request.headers.get("accept", ""):
+                headers["Content-Disposition"] = f'attachment; filename="codes{SUFFIX}"'
+                return Response(encoded.to_bytes(), media_type=CODES_MEDIA_TYPE, headers=headers)
+            header = encoded.header()
+            return JSONResponse({
+                "codes": codes.tolist(),
+                "num_samples": encoded.num_samples,
+                "num_quantizers": encoded.num_quantizers,
+                "num_frames": encoded.num_frames,
+                "frame_rate": encoded.frame_rate,
+                "sample_rate": encoded.sample_rate,
+                "model": {"name": header["model_name"], "config_sha256": header["model_config_sha256"],
+                          "codebooks_sha256": header["codebooks_sha256"]},
+            }, headers=headers)
+        except Exception as err:
+            return _error_response(err)
+
+    def _clip(self, data: bytes, name: str, params: dict) -> np.ndarray:
+        """The upload as mono float32 at the model's rate (in a worker thread: decoding and
+        resampling take CPU time)."""
+        rate = self.tokenizer.sample_rate
+        fmt = params.get("format")
+        if fmt:
+            source_rate = _number(params, "sample_rate", int)
+            if source_rate is None or not 1000 <= source_rate <= 384_000:
+                raise BadRequest("raw PCM needs ?sample_rate= from 1000 to 384000")
+            channels = pcm_samples(data, fmt, _number(params, "channels", int) or 1)
+            if channels.shape[1] > self.settings.max_audio_seconds * source_rate:
+                raise AudioTooLongError(f"{name}: longer than the {self.settings.max_audio_seconds:g} s allowed")
+            return resample_audio(to_mono(channels), source_rate, rate)
+        samples, _ = load_audio_bytes(data, rate, name=name, max_seconds=self.settings.max_audio_seconds)
+        return samples
+
+    # ------------------------------------------------------------------ decode
+    async def decode(self, request: Request) -> Response:
+        try:
+            fmt = audio_format(request.query_params.get("format"), request.headers.get("accept", ""))
+            body = await self._body(request)
+            content_type = request.headers.get("content-type", "").lower()
+            if content_type.startswith("multipart/form-data"):
+                fields = multipart_fields(body, request.headers["content-type"])
+                if "file" not in fields:
+                    raise BadRequest('multipart body without a "file" field')
+                body, content_type = fields["file"][1], CODES_MEDIA_TYPE
+            if content_type.startswith("application/json"):
+                codes, num_samples = codes_from_json(body, self.max_frames)
+                self.tokenizer.model.check_codes(codes[None])
+                item = codes
+            else:
+                encoded = await asyncio.to_thread(load_codes_bytes, body, "the uploaded codes file")
+                if encoded.num_frames > self.max_frames:
+                    raise BadRequest(f"{encoded.num_frames} frames; at most {self.max_frames}", 413)
+                item, num_samples = encoded, encoded.num_samples
+            started = time.perf_counter()
+            audio = await asyncio.wrap_future(self.engine.decode(item))
+            seconds = time.perf_counter() - started
+            if num_samples is not None:
+                audio = audio[:num_samples]
+            self.metrics.audio_seconds_out.inc(len(audio) / self.tokenizer.sample_rate)
+            data = await asyncio.to_thread(encode_audio, audio, self.tokenizer.sample_rate, fmt)
+            return Response(data, media_type=audio_media_type(fmt, self.tokenizer.sample_rate),
+                            headers={"X-Decode-Seconds": f"{seconds:.4f}", "X-Num-Samples": str(len(audio))})
+        except Exception as err:
+            return _error_response(err)
+
+    async def _body(self, request: Request) -> bytes:
+        """The request body, refused (413) past `max_upload_bytes` without reading it all."""
+        limit = self.settings.max_upload_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            raise BadRequest(f"body of {declared} bytes; at most {limit}", 413)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BadRequest(f"body larger than {limit} bytes", 413)
+            chunks.append(chunk)
+        if not size:
+            raise BadRequest("empty body")
+        return b"".join(chunks)
+
+    # ------------------------------------------------------------------ streams
+    async def stream(self, websocket: WebSocket) -> None:
+        """See docs/serving.md for the protocol."""
+        started = time.perf_counter()
+        params = websocket.query_params
+        await websocket.accept()
+        try:
+            fmt = params.get("format", "pcm_s16le")
+            if fmt not in ("pcm_s16le", "pcm_f32le"):
+                raise BadRequest(f"format must be pcm_s16le or pcm_f32le, got {fmt!r}")
+            num_quantizers = _number(params, "num_quantizers", int) or self.tokenizer.num_quantizers
+            if not 1 <= num_quantizers <= self.tokenizer.num_quantizers:
+                raise BadRequest(f"num_quantizers must be from 1 to {self.tokenizer.num_quantizers}")
+            lookahead = _number(params, "lookahead_frames", int)
+            if lookahead is not None and not 0 <= lookahead <= self.exact_lookahead:
+                raise BadRequest(f"lookahead_frames must be from 0 to {self.exact_lookahead}")
+        except BadRequest as err:
+            return await self._close(websocket, CLOSE_POLICY, str(err), started)
+        sink = _QueueSink(asyncio.get_running_loop())
+        try:
+            stream_id = self.engine.open_stream(sink, lookahead)
+        except Busy as err:
+            return await self._close(websocket, CLOSE_TRY_AGAIN, str(err), started)
+        sender = asyncio.create_task(self._send_audio(websocket, sink, fmt))
+        try:
+            await websocket.send_json({
+                "type": "ready", "sample_rate": self.tokenizer.sample_rate, "frame_rate": self.tokenizer.frame_rate,
+                "num_quantizers": num_quantizers, "format": fmt,
+            })
+            code, reason = await self._receive_frames(websocket, stream_id, num_quantizers, sender)
+            if code == CLOSE_NORMAL:  # the end message: the last audio, then the end
+                code, reason = await sender
+        except WebSocketDisconnect:
+            code, reason = CLOSE_GOING_AWAY, "client left"
+        finally:
+            sender.cancel()
+            self.engine.close(stream_id)  # frees the state unless the stream ended already
+        await self._close(websocket, code, reason, started)
+
+    async def _receive_frames(self, websocket: WebSocket, stream_id: int, num_quantizers: int, sender) -> tuple[int, str]:
+        """Frames from the client into the engine until the end message; (close code, reason)."""
+        while True:
+            receive = asyncio.ensure_future(websocket.receive())
+            done, _ = await asyncio.wait({receive, sender}, timeout=self.settings.stream_idle_seconds,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if sender in done:  # the stream failed in the engine, or the client went away
+                receive.cancel()
+                return sender.result()
+            if not done:
+                receive.cancel()
+                return CLOSE_POLICY, f"no message for {self.settings.stream_idle_seconds:g} s"
+            message = receive.result()
+            if message["type"] == "websocket.disconnect":
+                raise WebSocketDisconnect(message.get("code", CLOSE_GOING_AWAY))
+            payload = message.get("bytes") if message.get("bytes") is not None else message.get("text")
+            try:
+                codes = stream_frames(payload, num_quantizers, self.settings.max_frames_per_message)
+                if codes is None:
+                    self.engine.end(stream_id)
+                    return CLOSE_NORMAL, ""
+                self.tokenizer.model.check_codes(codes[None])
+            except (BadRequest, ValueError, TypeError) as err:
+                # Refused whole; the stream goes on (an LM's end token, say, must not cost the audio in flight).
+                await websocket.send_json({"type": "error", "message": str(err)})
+                continue
+            self.engine.push(stream_id, codes)
+
+    async def _send_audio(self, websocket: WebSocket, sink: "_QueueSink", fmt: str) -> tuple[int, str]:
+        """The stream's audio to the client as it comes; (close code, reason) at its end."""
+        try:
+            while True:
+                kind, value = await sink.queue.get()
+                if kind == "audio":
+                    await websocket.send_bytes(encode_audio(value, self.tokenizer.sample_rate, fmt))
+                elif kind == "finished":
+                    await websocket.send_json({"type": "end", "samples": value})
+                    return CLOSE_NORMAL, ""
+                else:
+                    log.error("stream failed: %s", value)
+                    return CLOSE_ERROR, f"decoding failed: {value}"
+        except (WebSocketDisconnect, OSError, RuntimeError):
+            return CLOSE_GOING_AWAY, "client left"
+
+    async def _close(self, websocket: WebSocket, code: int, reason: str, started: float) -> None:
+        with contextlib.suppress(Exception):
+            await websocket.close(code, reason[:120])  # a close frame's reason has at most 123 bytes
+        seconds = time.perf_counter() - started
+        self.metrics.requests.inc(endpoint="/v1/decode/stream", status=str(code))
+        self.metrics.latency.observe(seconds, endpoint="/v1/decode/stream")
+        client = websocket.client or ("-", 0)
+        log.info('%s "WS /v1/decode/stream" %d %.1f s%s', client[0], code, seconds, f" ({reason})" if reason else "")
+
+
+class _QueueSink:
+    """A stream's audio handed from the live worker's thread to the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.queue = loop, asyncio.Queue()
+
+    def _put(self, item) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+    def audio(self, samples: torch.Tensor) -> None:
+        self._put(("audio", samples.numpy()))
+
+    def finished(self, samples: int) -> None:
+        self._put(("finished", samples))
+
+    def failed(self, error: Exception) -> None:
+        self._put(("failed", error))
+
+
+def _number(params, name: str, kind):
+    value = params.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        number = kind(value)
+    except ValueError:
+        raise BadRequest(f"{name} must be a number, got {value!r}") from None
+    if isinstance(number, float) and not np.isfinite(number):
+        raise BadRequest(f"{name} must be finite, got {value!r}")
+    return number
+
+
+def _error_response(err: Exception) -> Response:
+    if isinstance(err, BadRequest):
+        status = err.status
+    elif isinstance(err, AudioTooLongError):
+        status = 413
+    elif isinstance(err, Busy):
+        return JSONResponse({"error": str(err)}, status_code=503, headers={"Retry-After": "1"})
+    elif isinstance(err, (AudioDecodeError, CodesFileError, ValueError, TypeError)):
+        status = 400 if not isinstance(err, (AudioDecodeError, CodesFileError)) else 422
+    else:
+        log.exception("internal error", exc_info=err)
+        return JSONResponse({"error": f"internal error: {type(err).__name__}"}, status_code=500)
+    return JSONResponse({"error": str(err)}, status_code=status)
+
+
+def run(tokenizer, settings: ServeSettings) -> None:
+    """Serve until SIGINT or SIGTERM; requests in flight finish first."""
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    uvicorn.run(create_app(tokenizer, settings), host=settings.host, port=settings.port, log_level="warning",
+                access_log=False, timeout_graceful_shutdown=60, ws_max_size=WS_MAX_MESSAGE_BYTES)
+
