@@ -86,3 +86,54 @@ def audio_file(name: str):
     if not path.is_file():
         pytest.fail(f"shared recording missing: {path}")
     return path
+
+
+class ServerProcess:
+    """`higgs-tokenizer serve` in its own process on a free port of 127.0.0.1."""
+
+    def __init__(self, model_dir: Path, *args: str, startup_seconds: float = 120):
+        import socket
+        import subprocess
+        import sys
+        import time
+
+        import httpx
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}"
+        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"higgs-serve-{self.port}.log"
+        self._log = open(self.log_path, "w")
+        command = [sys.executable, "-m", "higgs_tokenizer.cli", "serve", "--model", str(model_dir), "--port", str(self.port), *args]
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + startup_seconds
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"the server did not start in {startup_seconds} s:\n{self.log()}")
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text()
+
+    def stop(self, timeout: float = 60) -> int:
+        import signal
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except Exception:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode

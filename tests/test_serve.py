@@ -1,0 +1,315 @@
+"""The codec server, as a client sees it: a real server process on 127.0.0.1 and real
+HTTP and WebSocket clients. Results equal the library's; each bad input gets its error
+and the server goes on serving; SIGTERM lets requests in flight finish."""
+
+import asyncio
+import io
+import json
+import signal
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import websockets
+from helpers import ServerProcess, assert_audio_close, audio_file, fixture_dir, load_model
+from test_streaming import STREAM_TOL
+
+from higgs_tokenizer.codes_file import load_codes_bytes
+from higgs_tokenizer.tokenizer import HiggsAudioTokenizer
+
+# uvicorn shuts down gracefully on SIGTERM, then re-raises it: the exit status says so.
+STOPPED = (0, -signal.SIGTERM)
+LIMITS = ["--max-streams", "3", "--max-upload-mb", "1", "--max-audio-seconds", "15", "--stream-idle-seconds", "2",
+          "--max-wait-ms", "200"]
+
+
+@pytest.fixture(scope="module")
+def server():
+    process = ServerProcess(fixture_dir("tiny-24k"), *LIMITS)
+    yield process
+    assert process.stop() in STOPPED, process.log()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return HiggsAudioTokenizer(load_model("tiny-24k"), name=str(fixture_dir("tiny-24k")))
+
+
+@pytest.fixture(scope="module")
+def speech():
+    samples, rate = sf.read(audio_file("en_woman.wav"), dtype="float32")
+    return samples, rate
+
+
+def wav_bytes(samples: np.ndarray, rate: int) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, rate, format="WAV", subtype="FLOAT")
+    return buffer.getvalue()
+
+
+def healthy(server) -> bool:
+    return httpx.get(server.url + "/health").json()["status"] == "ok"
+
+
+# ----------------------------------------------------------------------------- encode and decode
+def test_encode_equals_the_library(server, tokenizer, speech):
+    samples, rate = speech
+    expected = tokenizer.encode((samples, rate))
+    # A file as the body, as a multipart field, and as raw PCM with its rate.
+    as_body = httpx.post(server.url + "/v1/encode", content=wav_bytes(samples, rate))
+    as_field = httpx.post(server.url + "/v1/encode", files={"file": ("speech.wav", wav_bytes(samples, rate))})
+    assert as_body.status_code == as_field.status_code == 200, (as_body.text, as_field.text)
+    for response in (as_body, as_field):
+        body = response.json()
+        assert torch.equal(torch.tensor(body["codes"]), expected)
+        assert body["num_samples"] == round(len(samples) * 24000 / rate)
+        assert (body["frame_rate"], body["sample_rate"], body["num_quantizers"]) == (25, 24000, 8)
+        assert body["model"]["codebooks_sha256"] == tokenizer.identity.codebooks_sha256
+    pcm16 = (np.clip(samples, -1, 1) * 32767).round().astype("<i2")
+    raw = httpx.post(server.url + "/v1/encode", params={"format": "pcm_s16le", "sample_rate": rate}, content=pcm16.tobytes())
+    assert raw.status_code == 200, raw.text
+    assert torch.equal(torch.tensor(raw.json()["codes"]), tokenizer.encode((pcm16, rate)))
+    # Fewer quantizers at a lower bandwidth; a codes file when asked for one.
+    low = httpx.post(server.url + "/v1/encode", params={"bandwidth": 1}, content=wav_bytes(samples, rate))
+    assert torch.equal(torch.tensor(low.json()["codes"]), tokenizer.encode((samples, rate), bandwidth=1))
+    hac = httpx.post(server.url + "/v1/encode", headers={"Accept": "application/x-higgs-audio-codes"},
+                     content=wav_bytes(samples, rate))
+    assert hac.headers["content-type"] == "application/x-higgs-audio-codes"
+    encoded = load_codes_bytes(hac.content)
+    assert torch.equal(encoded.codes, expected) and encoded.num_samples == as_body.json()["num_samples"]
+
+
+def test_decode_equals_the_library(server, tokenizer, speech):
+    samples, rate = speech
+    encoded = tokenizer.encode_to_result((samples, rate))
+    expected = tokenizer.decode(encoded)  # cut to the recording's length
+    as_json = httpx.post(server.url + "/v1/decode", json={"codes": encoded.codes.tolist(), "num_samples": encoded.num_samples})
+    as_file = httpx.post(server.url + "/v1/decode", content=encoded.to_bytes(),
+                         headers={"Content-Type": "application/x-higgs-audio-codes"})
+    for response in (as_json, as_file):
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "audio/wav"
+        audio, audio_rate = sf.read(io.BytesIO(response.content), dtype="float32")
+        assert audio_rate == 24000 and np.array_equal(audio, expected.numpy())
+    # No num_samples: every frame's audio. Other formats, by parameter or Accept.
+    whole = httpx.post(server.url + "/v1/decode", params={"format": "pcm_f32le"}, json={"codes": encoded.codes.tolist()})
+    assert np.array_equal(np.frombuffer(whole.content, "<f4"), tokenizer.decode(encoded.codes).numpy())
+    flac = httpx.post(server.url + "/v1/decode", headers={"Accept": "audio/flac"}, json={"codes": encoded.codes.tolist()})
+    assert flac.headers["content-type"] == "audio/flac"
+    assert np.abs(sf.read(io.BytesIO(flac.content), dtype="float32")[0] - np.clip(tokenizer.decode(encoded.codes).numpy(), -1, 1)).max() < 2**-22
+    pcm16 = httpx.post(server.url + "/v1/decode", params={"format": "pcm_s16le"}, json={"codes": encoded.codes.tolist()})
+    assert pcm16.headers["content-type"].startswith("audio/L16;rate=24000")
+    assert len(pcm16.content) == 2 * encoded.num_frames * 960
+
+
+def test_concurrent_encodes_share_a_batch_and_each_gets_its_codes(server, tokenizer, speech):
+    samples, rate = speech
+    clips = [samples[: rate * (2 + i)] for i in range(4)]  # lengths differ: a padded, masked batch
+    before = _metric(server, "higgs_encode_batch_size_count")
+    results = [None] * len(clips)
+
+    def post(i):
+        results[i] = httpx.post(server.url + "/v1/encode", content=wav_bytes(clips[i], rate), timeout=60)
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(len(clips))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    calls = _metric(server, "higgs_encode_batch_size_count") - before
+    assert calls < len(clips), "the requests were not batched"
+    for clip, response in zip(clips, results):
+        assert response.status_code == 200, response.text
+        codes, alone = torch.tensor(response.json()["codes"]), tokenizer.encode((clip, rate))
+        assert codes.shape == alone.shape and (codes == alone).float().mean() >= 0.99  # exact up to near ties
+
+
+# ----------------------------------------------------------------------------- streams
+async def _stream(server, frames: list, fmt: str = "pcm_f32le", query: str = "") -> tuple[np.ndarray, list, tuple]:
+    """Send each message of `frames` (bytes or JSON-able), then the end; (audio, texts, close)."""
+    dtype = "<f4" if fmt == "pcm_f32le" else "<i2"
+    async with websockets.connect(f"{server.ws_url}/v1/decode/stream?format={fmt}{query}") as ws:
+        ready = json.loads(await ws.recv())
+        assert ready["type"] == "ready" and ready["sample_rate"] == 24000
+        chunks, texts = [], []
+
+        async def read():
+            async for message in ws:
+                if isinstance(message, bytes):
+                    chunks.append(np.frombuffer(message, dtype))
+                else:
+                    texts.append(json.loads(message))
+
+        reader = asyncio.create_task(read())
+        for message in frames:
+            await ws.send(message if isinstance(message, bytes) else json.dumps(message))
+        await ws.send(json.dumps({"type": "end"}))
+        await reader
+        return np.concatenate(chunks) if chunks else np.zeros(0), texts, (ws.close_code, ws.close_reason)
+
+
+def _frames_binary(codes: torch.Tensor, size: int) -> list[bytes]:
+    return [codes[:, f : f + size].T.numpy().astype("<i2").tobytes() for f in range(0, codes.shape[1], size)]
+
+
+def test_streamed_audio_equals_one_shot_decode(server, tokenizer, speech):
+    samples, rate = speech
+    codes = tokenizer.encode((samples[: 3 * rate], rate))
+    expected = tokenizer.decode(codes)
+    audio, texts, close = asyncio.run(_stream(server, _frames_binary(codes, 1)))
+    assert close == (1000, "") and texts == [{"type": "end", "samples": len(expected)}]
+    assert_audio_close(torch.from_numpy(audio.copy()), expected, tol=STREAM_TOL)
+    # JSON frames, several per message, and int16 audio.
+    messages = [{"type": "codes", "frames": codes[:, f : f + 7].T.tolist()} for f in range(0, codes.shape[1], 7)]
+    audio16, _, close = asyncio.run(_stream(server, messages, fmt="pcm_s16le"))
+    assert close[0] == 1000 and len(audio16) == len(expected)
+    error = np.abs(audio16 / 32767 - np.clip(expected.numpy(), -1, 1)).max()
+    assert error <= 1 / 32767 + STREAM_TOL * float(expected.abs().max())
+
+
+def test_bad_stream_messages_are_refused_and_the_stream_goes_on(server, tokenizer, speech):
+    samples, rate = speech
+    codes = tokenizer.encode((samples[: 2 * rate], rate))
+    good = _frames_binary(codes, 5)
+    bad = [
+        np.full((1, 8), 1024, "<i2").tobytes(),  # out of range (an LM's end token, say)
+        b"\x00\x01\x02",  # not whole frames
+        {"type": "codes", "frames": [[1] * 7]},  # wrong quantizer count
+        {"type": "codes", "frames": [[1.5] * 8]},  # not integers
+        {"type": "nonsense"},
+        np.zeros((300, 8), "<i2").tobytes(),  # more frames than a message may hold
+    ]
+    audio, texts, close = asyncio.run(_stream(server, good[:2] + bad + good[2:]))
+    errors = [t for t in texts if t["type"] == "error"]
+    assert len(errors) == len(bad), texts
+    assert close[0] == 1000
+    assert_audio_close(torch.from_numpy(audio.copy()), tokenizer.decode(codes), tol=STREAM_TOL)
+
+
+def test_stream_limits_idle_streams_and_clients_that_leave(server, tokenizer):
+    async def scenario():
+        # A client leaves mid-stream: its state is freed.
+        ws = await websockets.connect(f"{server.ws_url}/v1/decode/stream")
+        await ws.recv()
+        await ws.send(np.zeros((3, 8), "<i2").tobytes())
+        await ws.close()
+        # At the limit (3 here) a new stream is refused with a reason, not queued.
+        open_streams = [await websockets.connect(f"{server.ws_url}/v1/decode/stream") for _ in range(3)]
+        for ws in open_streams:
+            await ws.recv()
+        refused = await websockets.connect(f"{server.ws_url}/v1/decode/stream")
+        with pytest.raises(websockets.ConnectionClosed):
+            await refused.recv()
+        assert refused.close_code == 1013 and "streams are open" in refused.close_reason
+        # Idle streams (2 s here) are closed, which frees their places.
+        for ws in open_streams:
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 10)
+            assert ws.close_code == 1008 and "no message" in ws.close_reason
+        # Bad parameters close with the reason.
+        bad = await websockets.connect(f"{server.ws_url}/v1/decode/stream?num_quantizers=9")
+        with pytest.raises(websockets.ConnectionClosed):
+            await bad.recv()
+        assert bad.close_code == 1008 and "num_quantizers" in bad.close_reason
+
+    asyncio.run(scenario())
+    deadline = time.monotonic() + 10
+    while _metric(server, "higgs_active_streams") != 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _metric(server, "higgs_active_streams") == 0
+    assert healthy(server)
+
+
+# ----------------------------------------------------------------------------- bad requests
+@pytest.mark.parametrize("case", [
+    "empty", "garbage", "too_large", "too_long", "pcm_without_rate", "pcm_odd_bytes", "bad_bandwidth",
+    "pcm_nan", "multipart_without_file",
+])
+def test_bad_encode_requests_get_their_error(server, speech, case):
+    samples, rate = speech
+    url = server.url + "/v1/encode"
+    request = {
+        "empty": lambda: httpx.post(url, content=b""),
+        "garbage": lambda: httpx.post(url, content=b"this is not audio" * 100),
+        "too_large": lambda: httpx.post(url, content=b"\0" * (1 << 20 | 1)),
+        "too_long": lambda: httpx.post(url, params={"format": "pcm_s16le", "sample_rate": 8000},
+                                       content=np.zeros(16 * 8000, "<i2").tobytes()),
+        "pcm_without_rate": lambda: httpx.post(url, params={"format": "pcm_s16le"}, content=b"\0\0" * 100),
+        "pcm_odd_bytes": lambda: httpx.post(url, params={"format": "pcm_s16le", "sample_rate": 16000}, content=b"\0" * 101),
+        "bad_bandwidth": lambda: httpx.post(url, params={"bandwidth": 3}, content=wav_bytes(samples, rate)),
+        "pcm_nan": lambda: httpx.post(url, params={"format": "pcm_f32le", "sample_rate": 16000},
+                                      content=np.full(1600, np.nan, "<f4").tobytes()),
+        "multipart_without_file": lambda: httpx.post(url, files={"audio": ("a.wav", wav_bytes(samples, rate))}),
+    }[case]
+    expected = {"garbage": 422, "too_large": 413, "too_long": 413}.get(case, 400)
+    response = request()
+    assert response.status_code == expected, response.text
+    assert response.json()["error"]
+    assert healthy(server)
+
+
+@pytest.mark.parametrize("case", ["not_json", "out_of_range", "too_many_quantizers", "ragged", "floats", "garbage_file",
+                                  "too_many_frames", "bad_format"])
+def test_bad_decode_requests_get_their_error(server, case):
+    url = server.url + "/v1/decode"
+    ok_codes = [[1] * 10] * 8
+    request = {
+        "not_json": lambda: httpx.post(url, content=b"{", headers={"Content-Type": "application/json"}),
+        "out_of_range": lambda: httpx.post(url, json={"codes": [[1024] * 10] * 8}),
+        "too_many_quantizers": lambda: httpx.post(url, json={"codes": [[1] * 10] * 9}),
+        "ragged": lambda: httpx.post(url, json={"codes": [[1] * 10] * 7 + [[1] * 9]}),
+        "floats": lambda: httpx.post(url, json={"codes": [[1.0] * 10] * 8}),
+        "garbage_file": lambda: httpx.post(url, content=b"not a codes file" * 10),
+        "too_many_frames": lambda: httpx.post(url, json={"codes": [[1] * (15 * 25 + 1)] * 8}),
+        "bad_format": lambda: httpx.post(url, params={"format": "mp3"}, json={"codes": ok_codes}),
+    }[case]
+    response = request()
+    assert response.status_code == {"garbage_file": 422}.get(case, 400), response.text
+    assert response.json()["error"]
+    assert healthy(server)
+
+
+def test_health_and_metrics(server):
+    assert httpx.get(server.url + "/health").json() == {"status": "ok", "version": httpx.get(server.url + "/v1/info").json()["version"],
+                                                       "model": str(fixture_dir("tiny-24k"))}
+    text = httpx.get(server.url + "/metrics").text
+    for name in ("higgs_requests_total", "higgs_request_seconds_bucket", "higgs_encode_batch_size_bucket",
+                 "higgs_stream_step_streams_bucket", "higgs_active_streams", "higgs_audio_seconds_in_total",
+                 "higgs_audio_seconds_out_total"):
+        assert f"\n{name}" in text, name
+    assert 'higgs_requests_total{endpoint="/v1/encode",status="200"}' in text
+    assert "\n127.0.0.1" in "\n" + server.log() or '"GET /health" 200' in server.log()
+
+
+def _metric(server, name: str) -> float:
+    for line in httpx.get(server.url + "/metrics").text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+# ----------------------------------------------------------------------------- shutdown
+def test_sigterm_lets_requests_in_flight_finish(speech):
+    samples, rate = speech
+    # Encode requests wait 1.5 s for others to batch with: in flight when SIGTERM comes.
+    process = ServerProcess(fixture_dir("tiny-24k"), "--max-wait-ms", "1500")
+    results = []
+
+    def post():
+        results.append(httpx.post(process.url + "/v1/encode", content=wav_bytes(samples, rate), timeout=60))
+
+    threads = [threading.Thread(target=post) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    process.process.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join()
+    assert process.stop() in STOPPED, process.log()
+    assert [r.status_code for r in results] == [200, 200, 200], [r.text for r in results]
+    with pytest.raises(httpx.TransportError):
+        httpx.get(process.url + "/health", timeout=2)
