@@ -57,20 +57,23 @@ def test_streams_join_and_leave_and_idle_ones_cost_nothing(model, monkeypatch):
     monkeypatch.setattr(decoder_streams, "decode_step", lambda m, p, states, c: calls.append((len(states), c is None)) or real(m, p, states, c))
     streams = DecoderStreams(model)
     a, b = streams.add(), streams.add()
-    codes_a, codes_b, codes_c = random_codes(1, 8, 30), random_codes(2, 8, 30), random_codes(3, 8, 12)
+    codes_a, codes_b, codes_c = random_codes(1, 8, 30), random_codes(2, 8, 10), random_codes(3, 8, 12)
     out = {a: [], b: []}
     for f in range(30):
         streams.push(a, codes_a[:, f : f + 1])
-        if f % 3 == 0:  # b pushes three frames every third step and idles in between
-            streams.push(b, codes_b[:, f : f + 3])
+        if f % 3 == 0:  # b pushes a frame every third step and idles in between
+            streams.push(b, codes_b[:, f // 3 : f // 3 + 1])
         for i, piece in streams.step().items():
             out.setdefault(i, []).append(piece)
         if f == 10:
-            c = streams.add()  # joins mid-way
+            c = streams.add()  # joins mid-way with 12 frames at once, and ends
             streams.push(c, codes_c)
             streams.end(c)
-    # a every step, b on its 10 steps with frames (never while idle), c once; c's end once.
-    assert sum(1 for _, end in calls if not end) == 30 + 10 + 1 and sum(end for _, end in calls) == 1
+    # One call per step, of the streams with frames waiting: a always, b every third step
+    # (never while idle), c on the 12 steps after it joined (a frame each, as the others);
+    # then c's end once.
+    expected = [(1 + (f % 3 == 0) + (11 <= f <= 22), False) for f in range(30)]
+    assert [call for call in calls if not call[1]] == expected and sum(end for _, end in calls) == 1
     streams.end(a)
     streams.end(b)
     for i, piece in streams.step().items():
@@ -83,9 +86,11 @@ def test_streams_join_and_leave_and_idle_ones_cost_nothing(model, monkeypatch):
     calls.clear()
     d, e = streams.add(), streams.add()
     streams.push(d, codes_a[:, :2])
-    streams.push(e, codes_b[:, :2])
+    streams.push(e, codes_b[:, :3])
     streams.step()
-    assert calls == [(2, False)]  # streams taking as many frames share one call
+    assert calls == [(2, False)]  # both advance by the fewest frames waiting, in one call
+    streams.step()
+    assert calls == [(2, False), (1, False)]  # then e alone catches up
     with pytest.raises(KeyError, match=f"no stream with id {a}"):
         streams.push(a, codes_a[:, :1])
 

@@ -148,18 +148,21 @@ class DecoderStreams:
     @torch.inference_mode()
     def step(self) -> dict[int, torch.Tensor]:
         """Advance every stream that has frames waiting or has ended; each one's new audio
-        (1-D, possibly empty). Streams that take as many frames (of as many quantizers)
-        share one batched call; a
-        stream that has ended gives its last samples once its frames are all decoded."""
-        groups: dict[tuple[int, int], list[int]] = {}  # (frames, quantizers) -> streams
+        (1-D, possibly empty). Streams of as many quantizers share one batched call and
+        advance by as many frames: the fewest that any of them has waiting (at most
+        `max_frames_per_step`), so a stream that is behind does not split the batch (one
+        call's fixed cost is most of a frame's); it catches up over the next steps. A stream
+        that has ended gives its last samples once its frames are all decoded."""
+        groups: dict[int, list[int]] = {}  # quantizers -> streams with frames waiting
         for stream_id, stream in self._streams.items():
-            waiting = stream.frames_waiting
-            if waiting and not stream.state.ended:
-                take = waiting if self.max_frames_per_step is None else min(waiting, self.max_frames_per_step)
-                groups.setdefault((take, stream.waiting[0].shape[0]), []).append(stream_id)
+            if stream.frames_waiting and not stream.state.ended:
+                groups.setdefault(stream.waiting[0].shape[0], []).append(stream_id)
         out: dict[int, list[torch.Tensor]] = {}
-        for (frames, _), ids in groups.items():
+        for ids in groups.values():
             streams = [self._streams[i] for i in ids]
+            frames = min(s.frames_waiting for s in streams)
+            if self.max_frames_per_step is not None:
+                frames = min(frames, self.max_frames_per_step)
             codes = torch.stack([s.take(frames) for s in streams])
             for stream in streams:
                 stream.state.num_quantizers = codes.shape[1]
