@@ -82,3 +82,17 @@ def test_the_high_level_api_is_exported_and_loads_on_first_use():
         "assert HiggsAudioTokenizer is same and callable(load_codes)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_the_server_sits_on_top_and_only_its_app_knows_http():
+    graph = import_graph()
+    server = {name for name in graph if name.startswith("higgs_tokenizer.serve")}
+    for name, targets in graph.items():
+        if name not in server and name != "higgs_tokenizer.cli":
+            assert not targets & server, f"{name} imports the server"
+    assert not any("higgs_tokenizer.cli" in graph[name] for name in server)
+    for path in (PACKAGE / "serve").glob("*.py"):
+        http = {node.names[0].name.split(".")[0] if isinstance(node, ast.Import) else (node.module or "").split(".")[0]
+                for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, (ast.Import, ast.ImportFrom))}
+        if path.name not in ("app.py",):
+            assert not http & {"starlette", "uvicorn", "fastapi"}, path.name

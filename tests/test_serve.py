@@ -197,6 +197,7 @@ def test_stream_limits_idle_streams_and_clients_that_leave(server, tokenizer):
         await ws.recv()
         await ws.send(np.zeros((3, 8), "<i2").tobytes())
         await ws.close()
+        await asyncio.to_thread(_wait_for_no_streams, server)
         # At the limit (3 here) a new stream is refused with a reason, not queued.
         open_streams = [await websockets.connect(f"{server.ws_url}/v1/decode/stream") for _ in range(3)]
         for ws in open_streams:
@@ -217,11 +218,16 @@ def test_stream_limits_idle_streams_and_clients_that_leave(server, tokenizer):
         assert bad.close_code == 1008 and "num_quantizers" in bad.close_reason
 
     asyncio.run(scenario())
-    deadline = time.monotonic() + 10
-    while _metric(server, "higgs_active_streams") != 0 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _metric(server, "higgs_active_streams") == 0
+    _wait_for_no_streams(server)
     assert healthy(server)
+
+
+def _wait_for_no_streams(server, seconds: float = 10) -> None:
+    """Every stream's state freed (the server learns of a client leaving a moment later)."""
+    deadline = time.monotonic() + seconds
+    while _metric(server, "higgs_active_streams") != 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _metric(server, "higgs_active_streams") == 0
 
 
 # ----------------------------------------------------------------------------- bad requests

@@ -9,9 +9,9 @@
   `max_wait_ms` for others, and up to `max_batch` share one masked batch (exact: each
   gets the codes it would get alone). A decode request is decoded with
   `HiggsAudioTokenizer.decode` (in chunks beyond the encoding window).
-- The bulk worker runs at a lower OS priority (nice +10 on Linux; the threads its
-  math library starts inherit it), so while streams are live they get the cores first:
-  a long request slows down, the streams do not stall.
+- The bulk worker runs at the lowest OS priority (Linux's SCHED_IDLE, else nice +10;
+  the threads its math library starts inherit it), so while streams are live they get
+  the cores first: a long request slows down, the streams do not stall.
 
 Nothing here knows about HTTP: the app (`app.py`) submits work and awaits futures, and
 receives each stream's audio through the `StreamSink` it opened the stream with.
@@ -289,8 +289,14 @@ def _ending(live: dict, streams: DecoderStreams, inner_id: int) -> bool:
 
 
 def _lower_priority() -> None:
-    """Lower this thread's scheduling priority (Linux: per thread, inherited by the threads
-    it starts, such as its OpenMP team)."""
+    """Run this thread, and the threads it starts (its OpenMP team), only on CPU time that
+    nothing else wants: Linux's SCHED_IDLE policy, or else nice +10 (both per thread there,
+    inherited, and allowed without privileges)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        return
+    except (AttributeError, OSError):
+        pass
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BULK_NICE)
     except (AttributeError, OSError) as err:  # not Linux, or not allowed: the policy still holds, unenforced
