@@ -3,7 +3,6 @@ a file, wait for the decoded audio to load, no console errors. A missing browser
 
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 from helpers import REPO, ServerProcess, audio_file, fixture_dir

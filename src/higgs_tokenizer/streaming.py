@@ -31,7 +31,6 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .layers import onednn_conv1d, onednn_linear
