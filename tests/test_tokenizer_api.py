@@ -198,3 +198,26 @@ def test_loudness_option(tokenizer, short_recordings):
     a = tokenizer.encode(quiet, sample_rate=24000, loudness=-23.0)
     b = tokenizer.encode(quiet * 3, sample_rate=24000, loudness=-23.0)
     assert (a == b).float().mean() > 0.95  # same loudness after normalisation: (nearly) the same codes
+
+
+def test_precision_modes(short_recordings):
+    """One name per numeric mode: dtype and TF32 together. On the CPU, tf32 computes exactly
+    what float32 does (TF32 exists on NVIDIA GPUs only)."""
+    from higgs_tokenizer import HiggsAudioV2TokenizerModel
+
+    path = short_recordings["en_man.wav"]
+    float32 = HiggsAudioTokenizer.from_pretrained(fixture_dir("tiny-24k"), precision="float32")
+    tf32 = HiggsAudioTokenizer.from_pretrained(fixture_dir("tiny-24k"), precision="tf32")
+    bf16 = HiggsAudioTokenizer.from_pretrained(fixture_dir("tiny-24k"), precision="bfloat16")
+    assert (float32.model.precision, tf32.model.precision, bf16.model.precision) == ("float32", "tf32", "bfloat16")
+    assert (tf32.model.dtype, tf32.model.allow_tf32, bf16.model.dtype) == (torch.float32, True, torch.bfloat16)
+    assert torch.equal(tf32.encode(path), float32.encode(path))
+    assert bf16.model.dtype == torch.bfloat16 and bf16.encode(path).shape == float32.encode(path).shape
+    # A loaded model changes mode in place; a dtype alone names its mode too.
+    model = HiggsAudioV2TokenizerModel.from_pretrained(fixture_dir("tiny-24k")).with_precision("tf32")
+    assert model.precision == "tf32" and model.with_precision("float16").precision == "float16"
+    assert HiggsAudioV2TokenizerModel.from_pretrained(fixture_dir("tiny-24k"), dtype="bfloat16").precision == "bfloat16"
+    with pytest.raises(ValueError, match="precision or dtype, not both"):
+        HiggsAudioV2TokenizerModel.from_pretrained(fixture_dir("tiny-24k"), precision="tf32", dtype="float32")
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        HiggsAudioV2TokenizerModel.from_pretrained(fixture_dir("tiny-24k"), precision="fp8")

@@ -14,6 +14,7 @@ from pathlib import Path
 from .audio import AUDIO_EXTENSIONS, WRITE_FORMATS, MissingExtraError, write_audio
 from .codes_file import SUFFIX
 from .config import LENGTH_RULES
+from .runtime import PRECISIONS
 from .tokenizer import num_samples
 
 AUDIO_OUTPUT_SUFFIXES = tuple(WRITE_FORMATS)
@@ -146,7 +147,7 @@ def _load_tokenizer(args):
 
     budget = getattr(args, "memory_budget_gb", None)
     tokenizer = HiggsAudioTokenizer.from_pretrained(
-        args.model, device=args.device, dtype=args.dtype, batch_size=getattr(args, "batch_size", None),
+        args.model, device=args.device, precision=args.precision, batch_size=getattr(args, "batch_size", None),
         length_rule=getattr(args, "length_rule", None), **({"memory_budget_gb": budget} if budget is not None else {}),
     )
     if getattr(args, "bandwidth", None) is not None:
@@ -276,13 +277,13 @@ def cmd_info(args) -> int:
 
     name = args.model_arg or args.model or default_model()
     directory, fmt = resolve_checkpoint(name, weights=False)
-    tokenizer = HiggsAudioTokenizer.from_pretrained(name, device=args.device, dtype=args.dtype)
+    tokenizer = HiggsAudioTokenizer.from_pretrained(name, device=args.device, precision=args.precision)
     config = tokenizer.config
     params = sum(p.numel() for p in tokenizer.model.parameters())
     bandwidths = ", ".join(f"{b:g} kbps ({config.num_quantizers_for_bandwidth(b)} codebooks)" for b in config.target_bandwidths)
     rows = [
         ("checkpoint", f"{name} ({fmt} format, {directory})"),
-        ("parameters", f"{params / 1e6:.1f} M ({tokenizer.model.dtype}, {tokenizer.model.device})"),
+        ("parameters", f"{params / 1e6:.1f} M ({tokenizer.model.precision}, {tokenizer.model.device})"),
         ("sample rate", f"{config.sample_rate} Hz (semantic branch {config.semantic_sample_rate} Hz)"),
         ("frame rate", f"{config.frame_rate} frames/s (hop {config.hop_length} samples)"),
         ("codebooks", f"{config.num_quantizers} x {config.codebook_size} (dim {config.codebook_dim})"),
@@ -348,7 +349,7 @@ def cmd_tokenize_dataset(args) -> int:
         manifest = tokenize_dataset_ray(
             args.source, args.output, args.model or default_model(), address=args.ray_address,
             num_actors=args.num_actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
-            device=args.device, dtype=args.dtype, length_rule=args.length_rule,
+            device=args.device, precision=args.precision, length_rule=args.length_rule,
             batch_size=args.batch_size, **job,
         )
     else:
@@ -384,7 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"checkpoint directory or Hub id (default: ${MODEL_ENV}, else {DEFAULT_MODEL})",
     )
     common.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: cpu)")
-    common.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
+    common.add_argument("--precision", "--dtype", dest="precision", choices=list(PRECISIONS), default=None,
+                        help="float32 (default: the reference's codes), tf32 (float32 with TF32 on NVIDIA GPUs), "
+                        "bfloat16 or float16 (docs/precision.md)")
     common.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary (failures still print)")
 
     files = argparse.ArgumentParser(add_help=False)

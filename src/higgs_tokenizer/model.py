@@ -27,7 +27,7 @@ from .hubert import HubertModel
 from .layers import Snake1d, conv_stack_output_length, derived_tensor, snake_reference, zero_padding
 from .quantizer import ResidualVectorQuantizer, codebooks_sha256
 from .resample import resample
-from .runtime import full_float32, tune_cpu_allocator
+from .runtime import full_float32, precision_name, precision_settings, tune_cpu_allocator
 from .semantic import SemanticDecoder, SemanticEncoder
 
 # HuBERT sees 160 zeros (10 ms at 16 kHz) on each side, centring its 20 ms frames.
@@ -96,6 +96,7 @@ class HiggsAudioV2TokenizerModel(nn.Module):
         device=None,
         dtype=None,
         torch_dtype=None,
+        precision: str | None = None,
         length_rule: str | None = None,
         **options,
     ) -> "HiggsAudioV2TokenizerModel":
@@ -105,23 +106,53 @@ class HiggsAudioV2TokenizerModel(nn.Module):
         torch.device, or "auto" for the first GPU when there is one). `dtype`
         (or its older name `torch_dtype`): a torch dtype or its name, or "auto"
         for the checkpoint's; the default is float32 (transformers defaults to
-        "auto", which is float32 for every published checkpoint). `length_rule`:
+        "auto", which is float32 for every published checkpoint). `precision`: a mode
+        instead of a dtype, "float32", "tf32", "bfloat16" or "float16" (see
+        `with_precision`). `length_rule`:
         "transformers" (default) or "original" (see `encode`). `options`: the Hub
         options (`checkpoint_files.HUB_OPTIONS`) and config fields to replace. On the
         CPU, loading also tunes the process's allocator for large tensors
         (`runtime.tune_cpu_allocator`).
         """
+        dtype = dtype if dtype is not None else torch_dtype
+        allow_tf32 = None
+        if precision is not None:
+            if dtype is not None:
+                raise ValueError(f"give precision or dtype, not both (got {precision!r} and {dtype!r})")
+            dtype, allow_tf32 = precision_settings(precision)
         model = load_pretrained(
             cls,
             name_or_path,
             device=_resolve_device(device_map if device is None else device),
-            dtype=dtype if dtype is not None else torch_dtype,
+            dtype=dtype,
             length_rule=length_rule,
             **options,
         )
+        if allow_tf32 is not None:
+            model.allow_tf32 = allow_tf32
         if model.device.type == "cpu":
             tune_cpu_allocator()
         return model
+
+    @property
+    def precision(self) -> str:
+        """The numeric mode: "float32", "tf32", "bfloat16" or "float16"."""
+        return precision_name(self.dtype, self.allow_tf32)
+
+    def with_precision(self, precision: str) -> "HiggsAudioV2TokenizerModel":
+        """Run in `precision` from now on; returns the model.
+
+        - "float32": full float32 everywhere (on GPUs too: TF32 off), the reference's codes;
+        - "tf32": float32 weights, but float32 convs and products on NVIDIA GPUs in TF32
+          (faster; some codes change); the same as "float32" on the CPU;
+        - "bfloat16", "float16": weights and activations in that type (fastest on GPUs;
+          many codes change; CPU kernels differ between instruction sets).
+        Casting is lossy: to go back to float32 from a half type, load the checkpoint again.
+        """
+        dtype, allow_tf32 = precision_settings(precision)
+        self.to(dtype=dtype)
+        self.allow_tf32 = allow_tf32
+        return self
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write a transformers-format checkpoint (config, safetensors, preprocessor config)."""

@@ -1,4 +1,4 @@
-"""Process-level settings that make CPU inference fast.
+"""Process-level settings that make inference fast, and the model's precision modes.
 
 The codec's activations are large (10 s of audio through the first acoustic
 block is 64 channels × 240 000 samples = 61 MB per tensor). glibc's malloc
@@ -96,3 +96,30 @@ def full_float32(device: torch.device, dtype: torch.dtype, enabled: bool = True)
         yield
     finally:
         cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
+# The numeric modes a model runs in: (dtype of the weights and activations, whether float32
+# convs and products may use TF32). TF32 changes anything only on NVIDIA GPUs (Ampere on);
+# elsewhere "tf32" computes exactly what "float32" does. docs/precision.md has the table.
+PRECISIONS: dict[str, tuple[torch.dtype, bool]] = {
+    "float32": (torch.float32, False),
+    "tf32": (torch.float32, True),
+    "bfloat16": (torch.bfloat16, False),
+    "float16": (torch.float16, False),
+}
+
+
+def precision_settings(precision: str) -> tuple[torch.dtype, bool]:
+    """(dtype, allow_tf32) of a precision mode's name."""
+    try:
+        return PRECISIONS[precision]
+    except KeyError:
+        raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}") from None
+
+
+def precision_name(dtype: torch.dtype, allow_tf32: bool) -> str:
+    """The precision mode of a dtype and TF32 setting (a dtype's name for other dtypes)."""
+    for name, settings in PRECISIONS.items():
+        if settings == (dtype, allow_tf32 and dtype == torch.float32):
+            return name
+    return str(dtype).removeprefix("torch.")

@@ -80,6 +80,7 @@ class HiggsAudioTokenizer:
         *,
         device=None,
         dtype=None,
+        precision: str | None = None,
         length_rule: str | None = None,
         batch_size: int | None = None,
         window_seconds: float = WINDOW_SECONDS,
@@ -87,9 +88,12 @@ class HiggsAudioTokenizer:
         memory_budget_gb: float = MEMORY_BUDGET_GB,
         **kwargs,
     ) -> "HiggsAudioTokenizer":
-        """Load a checkpoint (Hub id or directory; default `default_model()`) onto `device` in `dtype`."""
+        """Load a checkpoint (Hub id or directory; default `default_model()`) onto `device` in
+        `dtype`, or in a `precision` mode ("float32", "tf32", "bfloat16", "float16")."""
         name = os.fspath(model) if model is not None else default_model()
-        loaded = HiggsAudioV2TokenizerModel.from_pretrained(name, device=device, dtype=dtype, length_rule=length_rule, **kwargs)
+        loaded = HiggsAudioV2TokenizerModel.from_pretrained(
+            name, device=device, dtype=dtype, precision=precision, length_rule=length_rule, **kwargs
+        )
         return cls(
             loaded, name=name, batch_size=batch_size, window_seconds=window_seconds,
             context_seconds=context_seconds, memory_budget_gb=memory_budget_gb,

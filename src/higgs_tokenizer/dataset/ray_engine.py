@@ -59,14 +59,14 @@ class DecodeAudio:
 class EncodeActor:
     """Ray Data actor stage: one model per actor; codes as int16 bytes with their frame count, or the error."""
 
-    def __init__(self, model: str, device: str | None, dtype: str | None, length_rule: str | None,
+    def __init__(self, model: str, device: str | None, precision: str | None, length_rule: str | None,
                  batch_size: int | None, bandwidth: float | None, threads: int):
         import torch
 
         from ..tokenizer import HiggsAudioTokenizer
 
         torch.set_num_threads(threads)  # Ray starts workers with one thread each; the actor owns its CPUs
-        self.tokenizer = HiggsAudioTokenizer.from_pretrained(model, device=device, dtype=dtype, length_rule=length_rule,
+        self.tokenizer = HiggsAudioTokenizer.from_pretrained(model, device=device, precision=precision, length_rule=length_rule,
                                                              batch_size=batch_size)
         self.bandwidth = bandwidth
 
@@ -95,7 +95,7 @@ def tokenize_dataset_ray(
     gpus_per_actor: float = 0.0,
     cpus_per_actor: float = 1.0,
     device: str | None = None,
-    dtype: str | None = None,
+    precision: str | None = None,
     length_rule: str | None = None,
     batch_size: int | None = None,
     shard_size: int = 256,
@@ -113,11 +113,12 @@ def tokenize_dataset_ray(
     from ..tokenizer import HiggsAudioTokenizer
 
     # The driver loads the model too: for its identity (the plan) and config (the manifest).
-    tokenizer = HiggsAudioTokenizer.from_pretrained(model, dtype=dtype, length_rule=length_rule)
+    tokenizer = HiggsAudioTokenizer.from_pretrained(model, precision=precision, length_rule=length_rule)
     job = Job.open(source, output, tokenizer, shard_size=shard_size, bandwidth=bandwidth, overwrite=overwrite,
                    columns=columns, progress=progress)
     if job.pending:
-        encoder = {"model": model, "device": "cuda" if device is None and gpus_per_actor > 0 else device, "dtype": dtype,
+        encoder = {"model": model, "device": "cuda" if device is None and gpus_per_actor > 0 else device,
+                   "precision": precision,
                    "length_rule": length_rule, "batch_size": batch_size, "bandwidth": bandwidth,
                    "threads": max(1, int(cpus_per_actor))}
         with _ray_output_kept(quiet=not progress):
