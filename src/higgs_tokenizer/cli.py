@@ -24,6 +24,8 @@ EXAMPLES = {
     "decode": "examples:\n  higgs-tokenizer decode codes/speech.hac -o decoded/\n  higgs-tokenizer decode codes/ -o decoded/ --format flac",
     "roundtrip": "example:\n  higgs-tokenizer roundtrip speech.wav -o speech.roundtrip.wav",
     "info": "examples:\n  higgs-tokenizer info\n  higgs-tokenizer info /models/higgs-audio-v2-tokenizer",
+    "evaluate": "examples:\n  higgs-tokenizer evaluate speech/ --report eval/\n"
+    "  higgs-tokenizer evaluate manifest.jsonl --report eval/ --bandwidth 1,2 --precision float32 bfloat16 --max-files 200",
     "convert": "example:\n  higgs-tokenizer convert original_checkpoint/ converted/",
     "serve": "examples:\n  higgs-tokenizer serve --model checkpoint/ --port 8000\n"
     "  higgs-tokenizer serve --model checkpoint/ --device cuda --max-streams 256   # then open http://127.0.0.1:8000/",
@@ -316,6 +318,78 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    import random
+    import tempfile
+
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise MissingExtraError("evaluate needs the [eval] extra (matplotlib): pip install 'higgs-audio-tokenizer[eval]'") from None
+    from .dataset.sources import MANIFEST_SUFFIXES, Columns, list_items
+    from .evaluation.report import write_report
+    from .evaluation.runner import aggregate, evaluate, save_results
+    from .tokenizer import HiggsAudioTokenizer
+
+    out = Path(args.report)
+    if (out / "report.html").exists() and not args.overwrite:
+        raise FileExistsError(f"{out / 'report.html'} exists; pass --overwrite to replace it")
+    if args.max_files is not None and args.max_files < 1:
+        raise ValueError(f"--max-files must be at least 1, got {args.max_files}")
+    report = Report()
+    files: list[tuple[str, Path]] = []
+    plain = [i for i in args.inputs if Path(i).suffix.lower() not in MANIFEST_SUFFIXES or not Path(i).is_file()]
+    for job in collect_jobs(plain, out, AUDIO_EXTENSIONS, ".json", report):
+        files.append((str(job.source), job.source))
+    for manifest in (i for i in args.inputs if i not in plain):
+        files += [(item.source, Path(item.path)) for item in list_items(manifest, Columns(path=args.path_column)).items]
+    if args.max_files is not None and len(files) > args.max_files:
+        files = sorted(random.Random(args.seed).sample(files, args.max_files))
+    if not files:
+        _summary("evaluated", report, time.perf_counter(), args.quiet)
+        return 1
+
+    first = HiggsAudioTokenizer.from_pretrained(args.model, device=args.device, precision=args.precision[0])
+    available = list(first.config.target_bandwidths)
+    if args.bandwidth == "all":
+        bandwidths = available
+    else:
+        try:
+            bandwidths = sorted({float(b) for b in args.bandwidth.split(",")})
+        except ValueError:
+            raise ValueError(f"--bandwidth takes 'all' or kbps separated by commas, got {args.bandwidth!r}") from None
+        unknown = [b for b in bandwidths if b not in available]
+        if unknown:
+            raise ValueError(f"bandwidths {unknown} are not the model's: {available}")
+    loaded = {args.precision[0]: first}
+
+    def load_tokenizer(precision):
+        if precision not in loaded:
+            loaded.clear()  # one model in memory at a time
+            loaded[precision] = HiggsAudioTokenizer.from_pretrained(args.model, device=args.device, precision=precision)
+        return loaded[precision]
+
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    with _progress(len(files) * len(args.precision), args.quiet, "file") as bar, \
+            tempfile.TemporaryDirectory(dir=out, prefix=".work-") as work:
+        evaluation = evaluate(
+            load_tokenizer, files, bandwidths, list(dict.fromkeys(args.precision)), Path(work),
+            progress=bar.update, on_failure=lambda name, reason: report.fail(name, reason, bar),
+        )
+        aggregates = aggregate(evaluation, args.seed)
+        settings = {"bandwidths": bandwidths, "precisions": evaluation.precisions, "seed": args.seed,
+                    "max_files": args.max_files, "device": str(first.model.device), "files": len(files)}
+        save_results(evaluation, aggregates, out, settings)
+        if evaluation.files:
+            write_report(evaluation, aggregates, out / "report.html", max_files=args.report_files)
+    report.done = len(evaluation.files)
+    report.seconds_of_audio = sum(r["duration_s"] for f in evaluation.files for r in f.rows[:1])
+    if not args.quiet:
+        print(f"report: {out / 'report.html'}", file=sys.stderr)
+    return _summary("evaluated", report, started, args.quiet)
+
+
 def cmd_convert(args) -> int:
     from .model import convert_original_to_transformers
 
@@ -385,10 +459,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"checkpoint directory or Hub id (default: ${MODEL_ENV}, else {DEFAULT_MODEL})",
     )
     common.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: cpu)")
+    common.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary (failures still print)")
+    model_options = argparse.ArgumentParser(add_help=False, parents=[common])  # evaluate takes several precisions
     common.add_argument("--precision", "--dtype", dest="precision", choices=list(PRECISIONS), default=None,
                         help="float32 (default: the reference's codes), tf32 (float32 with TF32 on NVIDIA GPUs), "
                         "bfloat16 or float16 (docs/precision.md)")
-    common.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary (failures still print)")
 
     files = argparse.ArgumentParser(add_help=False)
     files.add_argument("-o", "--output", required=True,
@@ -478,6 +553,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream-idle-seconds", type=float, default=30.0,
                    help="close a stream that sends nothing for this long (default 30)")
     p.set_defaults(run=cmd_serve)
+
+    p = add("evaluate", "measure what the codec does to audio files: metrics, CSV/JSON and an HTML report "
+            "(needs the [eval] extra)", [model_options])
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, directories, globs, or .jsonl/.csv/.tsv manifests")
+    p.add_argument("--report", required=True, metavar="DIR", help="output directory: report.html, metrics.csv, summary.json")
+    p.add_argument("--bandwidth", default="all", help="'all' (default) or a comma-separated list of kbps")
+    p.add_argument("--precision", nargs="+", choices=list(PRECISIONS), default=["float32"],
+                   help="one or more precisions (default float32); codes are compared with the first")
+    p.add_argument("--max-files", type=int, default=None, help="evaluate at most this many files, drawn with --seed")
+    p.add_argument("--seed", type=int, default=0, help="for --max-files and the bootstrap intervals (default 0)")
+    p.add_argument("--report-files", type=int, default=50, help="files with their own section in the report, worst first (default 50)")
+    p.add_argument("--path-column", default="path", help="manifests: the column with the audio path (default: path)")
+    p.add_argument("--overwrite", action="store_true", help="replace a report that exists in --report")
+    p.set_defaults(run=cmd_evaluate)
 
     p = add("convert", "convert an original-format checkpoint to the transformers format", [common])
     p.add_argument("source", help="original-format checkpoint (directory or Hub id)")
