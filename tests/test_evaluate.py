@@ -86,3 +86,19 @@ def test_the_report_renders_in_a_browser(evaluated, tmp_path):
             shutil.copy(shot, REPO / "docs" / "images" / "evaluation-report.png")
         browser.close()
     assert not problems, problems
+
+
+def test_a_manifest_and_max_files(tmp_path):
+    """Manifests are inputs too; --max-files draws that many with --seed."""
+    rows = [{"path": str(audio_file(name))} for name in ("en_man.wav", "en_woman.wav", "old_man.wav")]
+    manifest = tmp_path / "items.jsonl"
+    manifest.write_text("\n".join(json.dumps(r) for r in rows))
+    out = tmp_path / "report"
+    args = ["evaluate", str(manifest), "--report", str(out), "--model", str(fixture_dir("tiny-24k")),
+            "--bandwidth", "0.5", "--max-files", "2", "--seed", "3", "--quiet"]
+    assert main(args) == 0
+    evaluated = {r["file"] for r in csv.DictReader(open(out / "metrics.csv"))}
+    assert len(evaluated) == 2 and evaluated <= {r["path"] for r in rows}
+    assert main(args) == 2  # the report exists: not replaced without --overwrite
+    assert main(args + ["--overwrite"]) == 0
+    assert {r["file"] for r in csv.DictReader(open(out / "metrics.csv"))} == evaluated  # the same draw
