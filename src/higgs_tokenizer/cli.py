@@ -314,8 +314,7 @@ def cmd_serve(args) -> int:
     )
     tokenizer = _load_tokenizer(args)
     tokenizer.batch_size = settings.max_batch
-    run(tokenizer, settings)
-    return 0
+    return run(tokenizer, settings)
 
 
 def cmd_evaluate(args) -> int:

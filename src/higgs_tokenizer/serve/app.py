@@ -64,7 +64,7 @@ def create_app(tokenizer, settings: ServeSettings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        engine.start()
+        engine.start(live_in_this_process_main_thread=app.state.live_on_main_thread)
         log.info("serving %s (%s, %s) on %s threads", tokenizer.name, tokenizer.model.device, tokenizer.model.dtype,
                  torch.get_num_threads())
         try:
@@ -88,6 +88,7 @@ def create_app(tokenizer, settings: ServeSettings | None = None) -> Starlette:
     )
     app.add_middleware(_AccessLog, metrics=metrics)
     app.state.engine = engine
+    app.state.live_on_main_thread = False  # `run` sets it: it runs the live worker there
     return app
 
 
@@ -400,11 +401,39 @@ def _error_response(err: Exception) -> Response:
     return JSONResponse({"error": str(err)}, status_code=status)
 
 
-def run(tokenizer, settings: ServeSettings) -> None:
-    """Serve until SIGINT or SIGTERM; requests in flight finish first."""
+def run(tokenizer, settings: ServeSettings) -> int:
+    """Serve until SIGINT or SIGTERM; requests in flight finish first. Returns the exit status.
+
+    uvicorn serves from a thread, and the live worker runs on the main thread, where
+    PyTorch's small parallel regions cost least (see `Engine.start`); the signals, which
+    only the main thread receives, tell uvicorn to shut down gracefully."""
+    import signal
+    import threading
+
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    uvicorn.run(create_app(tokenizer, settings), host=settings.host, port=settings.port, log_level="warning",
-                access_log=False, timeout_graceful_shutdown=60, ws_max_size=WS_MAX_MESSAGE_BYTES)
+    app = create_app(tokenizer, settings)
+    app.state.live_on_main_thread = True
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
+        timeout_graceful_shutdown=60, ws_max_size=WS_MAX_MESSAGE_BYTES, ws_per_message_deflate=False,
+    ))
 
+    def shut_down(signum, frame):
+        server.force_exit = server.should_exit  # a second signal: stop waiting for requests
+        server.should_exit = True
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, shut_down)
+    serving = threading.Thread(target=server.run, name="uvicorn")
+
+    def watch():  # however uvicorn ends (shut down, or unable to start), the live worker ends too
+        serving.join()
+        app.state.engine.stop()
+
+    serving.start()
+    threading.Thread(target=watch, name="higgs-watch", daemon=True).start()
+    app.state.engine.run_live()
+    serving.join()
+    return 0 if server.started else 1
