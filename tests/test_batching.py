@@ -146,3 +146,30 @@ def test_tokenizer_batches_are_exact(short_recordings):
         assert (got == expected).float().mean() >= 0.99
     equal = sum(int((g == e).sum()) for g, e in zip(batched, alone)) / sum(e.numel() for e in alone)
     assert equal >= 0.999
+
+
+@torch.inference_mode()
+def test_batches_by_an_audio_seconds_budget(monkeypatch):
+    """`batch_seconds`: clips (longest first) share a call while clips x the longest fits the
+    budget; a clip longer than it goes alone. Each clip still gets its own codes."""
+    rate = 24000
+    speech, _ = load_audio(audio_file("mabel.wav"), rate)
+    seconds = [4.0, 3.0, 1.0, 1.0, 0.5]
+    clips = [speech[: int(s * rate)] for s in seconds]
+    budgeted = HiggsAudioTokenizer(load_model("tiny-24k"), batch_seconds=6.0)
+    assert budgeted.batch_size is None  # the budget alone decides
+    calls = []
+    real = budgeted.model.encode
+    monkeypatch.setattr(budgeted.model, "encode", lambda x, **kw: calls.append(x.shape[0]) or real(x, **kw))
+    codes = budgeted.encode_clips(clips)
+    assert calls == [1, 2, 2]  # [4 s], [3 s, 1 s] (2 x 3 <= 6), [1 s, 0.5 s]
+    one_by_one = HiggsAudioTokenizer(load_model("tiny-24k"), batch_size=1)
+    for got, clip in zip(codes, clips):
+        expected = one_by_one.encode_clips([clip])[0]
+        assert got.shape == expected.shape and (got == expected).float().mean() >= 0.99  # exact up to near ties
+    # Both limits at once: the count caps what the budget allows.
+    both = HiggsAudioTokenizer(load_model("tiny-24k"), batch_size=2, batch_seconds=100.0)
+    assert both.batch_full([rate, rate]) and not both.batch_full([rate])
+    assert [len(b) for b in both._batches([(i, c) for i, c in enumerate(clips)])] == [2, 2, 1]
+    with pytest.raises(ValueError, match="batch_seconds must be positive"):
+        HiggsAudioTokenizer(load_model("tiny-24k"), batch_seconds=0)

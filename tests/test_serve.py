@@ -318,3 +318,20 @@ def test_sigterm_lets_requests_in_flight_finish(speech):
     assert [r.status_code for r in results] == [200, 200, 200], [r.text for r in results]
     with pytest.raises(httpx.TransportError):
         httpx.get(process.url + "/health", timeout=2)
+
+
+def test_a_stream_whose_client_does_not_read_is_cut_off():
+    """Audio waiting for a client that does not read stops at MAX_QUEUED_CHUNKS: the stream
+    is closed (1008) rather than the server's memory growing without end."""
+    from higgs_tokenizer.serve.app import MAX_QUEUED_CHUNKS, _QueueSink
+
+    async def scenario():
+        sink = _QueueSink(asyncio.get_running_loop())
+        for _ in range(MAX_QUEUED_CHUNKS + 10):
+            sink.audio(torch.zeros(960))
+            await asyncio.sleep(0)  # the event loop takes each chunk in, as it would
+        kinds = [sink.queue.get_nowait()[0] for _ in range(sink.queue.qsize())]
+        assert kinds[-1] == "overflow" and kinds.count("overflow") == 1
+        assert kinds.count("audio") == MAX_QUEUED_CHUNKS + 1
+
+    asyncio.run(scenario())

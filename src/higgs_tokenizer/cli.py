@@ -150,6 +150,7 @@ def _load_tokenizer(args):
     budget = getattr(args, "memory_budget_gb", None)
     tokenizer = HiggsAudioTokenizer.from_pretrained(
         args.model, device=args.device, precision=args.precision, batch_size=getattr(args, "batch_size", None),
+        batch_seconds=getattr(args, "batch_seconds", None),
         length_rule=getattr(args, "length_rule", None), **({"memory_budget_gb": budget} if budget is not None else {}),
     )
     if getattr(args, "bandwidth", None) is not None:
@@ -181,7 +182,7 @@ def cmd_encode(args) -> int:
             except Exception as err:
                 report.fail(job.source, _message(err), bar)
                 bar.update(1)
-            if len(pending) >= tokenizer.batch_size:
+            if tokenizer.batch_full([num_samples(clip) for _, clip in pending]):
                 _encode_batch(tokenizer, pending, args, report, bar)
                 pending = []
         _encode_batch(tokenizer, pending, args, report, bar)
@@ -423,7 +424,7 @@ def cmd_tokenize_dataset(args) -> int:
             args.source, args.output, args.model or default_model(), address=args.ray_address,
             num_actors=args.num_actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
             device=args.device, precision=args.precision, length_rule=args.length_rule,
-            batch_size=args.batch_size, **job,
+            batch_size=args.batch_size, batch_seconds=args.batch_seconds, **job,
         )
     else:
         from .dataset import tokenize_dataset
@@ -500,6 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("--batch-size", type=int, default=None,
                    help="files encoded per model call, exactly (default: 8 on a GPU, 1 on the CPU)")
+    p.add_argument("--batch-seconds", type=float, default=None, metavar="S",
+                   help="padded audio per model call (clips x the longest), instead of or as well as --batch-size")
     p.set_defaults(run=cmd_encode)
 
     p = add("decode", "decode codes files (or directories of them) to audio", [common, files])
@@ -525,6 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="delete an earlier output in --output and start again")
     p.add_argument("--bandwidth", type=float, default=None, help="kbps, one of the model's (default: the highest)")
     p.add_argument("--batch-size", type=int, default=None, help="clips per model call (default: 8 on a GPU, 1 on the CPU)")
+    p.add_argument("--batch-seconds", type=float, default=None, metavar="S",
+                   help="padded audio per model call (clips x the longest), instead of or as well as --batch-size")
     p.add_argument("--shard-size", type=int, default=256, help="items per output shard (default 256)")
     p.add_argument("--workers", type=int, default=None, help="audio decoding processes (default: half the cores)")
     p.add_argument("--path-column", default="path", help="manifest column with the audio path (default: path)")

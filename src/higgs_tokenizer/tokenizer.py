@@ -48,20 +48,28 @@ class HiggsAudioTokenizer:
         window_seconds: float = WINDOW_SECONDS,
         context_seconds: float = CONTEXT_SECONDS,
         memory_budget_gb: float = MEMORY_BUDGET_GB,
+        batch_seconds: float | None = None,
     ):
         """`batch_size`: clips per model call (sorted by length, padded, masked: exact);
         default 8 on a GPU and 1 on the CPU, where batching measured slower (the convs
         already use every core, and padding is extra work: docs/batching-long-streaming.md).
+        `batch_seconds`: instead (or as well), a budget of padded audio per model call, the
+        batch's clips times its longest, so that a batch of long clips is as large as one
+        of short ones (a clip longer than the budget goes alone); without `batch_size` the
+        budget alone decides.
         A recording is encoded in one call while that call's estimated memory
         (`long_audio.encode_memory_bytes`) fits `memory_budget_gb`, and beyond it in windows
         of `window_seconds` with `context_seconds` of context on each side (see
         `long_audio`); codes longer than a window are decoded in chunks."""
         self.model = model.eval()
         self.name = name
-        if batch_size is None:
+        if batch_size is None and batch_seconds is None:
             batch_size = 1 if model.device.type == "cpu" else 8
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if batch_seconds is not None and not batch_seconds > 0:
+            raise ValueError(f"batch_seconds must be positive, got {batch_seconds}")
+        self.batch_seconds = batch_seconds
         if not window_seconds > 0 or not context_seconds >= 0 or not memory_budget_gb > 0:
             raise ValueError(
                 "window_seconds and memory_budget_gb must be positive and context_seconds at least 0, got "
@@ -86,6 +94,7 @@ class HiggsAudioTokenizer:
         window_seconds: float = WINDOW_SECONDS,
         context_seconds: float = CONTEXT_SECONDS,
         memory_budget_gb: float = MEMORY_BUDGET_GB,
+        batch_seconds: float | None = None,
         **kwargs,
     ) -> "HiggsAudioTokenizer":
         """Load a checkpoint (Hub id or directory; default `default_model()`) onto `device` in
@@ -96,7 +105,7 @@ class HiggsAudioTokenizer:
         )
         return cls(
             loaded, name=name, batch_size=batch_size, window_seconds=window_seconds,
-            context_seconds=context_seconds, memory_budget_gb=memory_budget_gb,
+            context_seconds=context_seconds, memory_budget_gb=memory_budget_gb, batch_seconds=batch_seconds,
         )
 
     # ------------------------------------------------------------ properties
@@ -223,8 +232,7 @@ class HiggsAudioTokenizer:
             else:
                 short.append((i, clip))
         short.sort(key=lambda item: -len(item[1]))  # neighbours in length share a batch: little padding
-        for first in range(0, len(short), self.batch_size):
-            group = short[first : first + self.batch_size]
+        for group in self._batches(short):
             lengths = [len(clip) for _, clip in group]
             batch = torch.zeros(len(group), 1, max(lengths))
             for row, (_, clip) in enumerate(group):
@@ -234,6 +242,23 @@ class HiggsAudioTokenizer:
             for row, (i, _) in enumerate(group):
                 results[i] = out.audio_codes[row, :, : int(out.code_lengths[row])].cpu()
         return results
+
+    def batch_full(self, lengths: Sequence[int]) -> bool:
+        """Whether clips of these lengths (samples) fill one model call: no other clip joins them."""
+        if self.batch_size is not None and len(lengths) >= self.batch_size:
+            return True
+        if self.batch_seconds is None or not lengths:
+            return False
+        return (len(lengths) + 1) * max(lengths) > self.batch_seconds * self.sample_rate
+
+    def _batches(self, clips: list) -> list[list]:
+        """`(index, clip)` pairs, longest first, cut into model calls."""
+        batches: list[list] = []
+        for item in clips:
+            if not batches or self.batch_full([len(clip) for _, clip in batches[-1]]):
+                batches.append([])
+            batches[-1].append(item)
+        return batches
 
     @torch.inference_mode()
     def try_encode_clips(self, clips: Sequence, bandwidth: float | None = None) -> list[torch.Tensor | Exception]:

@@ -60,14 +60,14 @@ class EncodeActor:
     """Ray Data actor stage: one model per actor; codes as int16 bytes with their frame count, or the error."""
 
     def __init__(self, model: str, device: str | None, precision: str | None, length_rule: str | None,
-                 batch_size: int | None, bandwidth: float | None, threads: int):
+                 batch_size: int | None, batch_seconds: float | None, bandwidth: float | None, threads: int):
         import torch
 
         from ..tokenizer import HiggsAudioTokenizer
 
         torch.set_num_threads(threads)  # Ray starts workers with one thread each; the actor owns its CPUs
         self.tokenizer = HiggsAudioTokenizer.from_pretrained(model, device=device, precision=precision, length_rule=length_rule,
-                                                             batch_size=batch_size)
+                                                             batch_size=batch_size, batch_seconds=batch_seconds)
         self.bandwidth = bandwidth
 
     def __call__(self, batch: dict) -> dict:
@@ -98,6 +98,7 @@ def tokenize_dataset_ray(
     precision: str | None = None,
     length_rule: str | None = None,
     batch_size: int | None = None,
+    batch_seconds: float | None = None,
     shard_size: int = 256,
     bandwidth: float | None = None,
     overwrite: bool = False,
@@ -119,7 +120,8 @@ def tokenize_dataset_ray(
     if job.pending:
         encoder = {"model": model, "device": "cuda" if device is None and gpus_per_actor > 0 else device,
                    "precision": precision,
-                   "length_rule": length_rule, "batch_size": batch_size, "bandwidth": bandwidth,
+                   "length_rule": length_rule, "batch_size": batch_size, "batch_seconds": batch_seconds,
+                   "bandwidth": bandwidth,
                    "threads": max(1, int(cpus_per_actor))}
         with _ray_output_kept(quiet=not progress):
             _run(job, address, encoder, num_actors, gpus_per_actor, cpus_per_actor, decode_batch, quiet=not progress)

@@ -51,6 +51,7 @@ from .wire import (
 
 log = logging.getLogger("higgs_tokenizer.serve")
 
+MAX_QUEUED_CHUNKS = 3000  # a stream's audio chunks not yet sent (1-frame chunks: 2 minutes)
 WS_MAX_MESSAGE_BYTES = 1 << 20  # a stream message: at most max_frames_per_message frames, as JSON
 # WebSocket close codes (RFC 6455 and the IANA registry).
 CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_ERROR, CLOSE_TRY_AGAIN = 1000, 1001, 1008, 1011, 1013
@@ -337,6 +338,8 @@ class _Handlers:
                 elif kind == "finished":
                     await websocket.send_json({"type": "end", "samples": value})
                     return CLOSE_NORMAL, ""
+                elif kind == "overflow":
+                    return CLOSE_POLICY, "the client does not read its audio"
                 else:
                     log.error("stream failed: %s", value)
                     return CLOSE_ERROR, f"decoding failed: {value}"
@@ -354,16 +357,25 @@ class _Handlers:
 
 
 class _QueueSink:
-    """A stream's audio handed from the live worker's thread to the event loop."""
+    """A stream's audio handed from the live worker's thread to the event loop. A client
+    that does not read its audio would make the queue grow without end: past
+    `MAX_QUEUED_CHUNKS` the stream is closed instead."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop, self.queue = loop, asyncio.Queue()
+        self.overflowed = False
 
     def _put(self, item) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
     def audio(self, samples: torch.Tensor) -> None:
+        if self.overflowed:
+            return
+        if self.queue.qsize() > MAX_QUEUED_CHUNKS:  # read from another thread: near enough
+            self.overflowed = True
+            self._put(("overflow", None))
+            return
         self._put(("audio", samples.numpy()))
 
     def finished(self, samples: int) -> None:
