@@ -185,7 +185,7 @@ def _count_onednn_convs() -> None:
     from torch.utils.flop_counter import conv_flop_count, flop_registry, register_flop_formula
 
     op = torch.ops.aten.mkldnn_convolution
-    if op.default in flop_registry:
+    if op in flop_registry:  # registered by an earlier count in this process
         return
 
     @register_flop_formula(op)
