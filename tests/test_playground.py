@@ -52,3 +52,41 @@ def test_upload_encode_decode_in_a_browser(tmp_path):
     finally:
         server.stop()
     assert not problems, problems
+
+
+def test_record_encode_decode_in_a_browser():
+    """The recording path: chromium's fake microphone (a tone), recorded by MediaRecorder,
+    decoded by the browser and sent as raw PCM with its rate."""
+    from playwright.sync_api import sync_playwright
+
+    server = ServerProcess(fixture_dir("tiny-24k"))
+    problems = []
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=chromium_executable(),
+                args=["--no-sandbox", "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"],
+            )
+            context = browser.new_context(permissions=["microphone"])
+            page = context.new_page()
+            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+            page.on("pageerror", lambda err: problems.append(f"page error: {err}"))
+            page.goto(server.url + "/")  # 127.0.0.1: a secure context, where recording is allowed
+            page.wait_for_function("document.getElementById('bandwidth').options.length > 0")
+            page.click("#record")
+            page.wait_for_function("document.getElementById('status').textContent === 'recording…'")
+            page.wait_for_timeout(1500)
+            page.click("#record")
+            page.wait_for_function("!document.getElementById('run').disabled", timeout=30_000)
+            page.click("#run")
+            page.wait_for_function(
+                "document.getElementById('decoded').readyState >= 1 && document.getElementById('status').textContent === 'done'",
+                timeout=60_000,
+            )
+            duration = page.evaluate("document.getElementById('decoded').duration")
+            assert 0.5 < duration < 5, duration
+            assert "× 8 codes" in page.text_content("#summary")
+            browser.close()
+    finally:
+        server.stop()
+    assert not problems, problems
