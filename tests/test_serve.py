@@ -335,3 +335,25 @@ def test_a_stream_whose_client_does_not_read_is_cut_off():
         assert kinds.count("audio") == MAX_QUEUED_CHUNKS + 1
 
     asyncio.run(scenario())
+
+
+def test_a_full_queue_refuses_and_a_stopping_engine_takes_nothing(tokenizer, speech):
+    """Beyond max_pending_requests a request is refused at once (503), never queued without
+    end; once stopping, nothing new is taken, and the work queued is still done."""
+    from higgs_tokenizer.serve.engine import Busy, Engine
+    from higgs_tokenizer.serve.metrics import Metrics
+    from higgs_tokenizer.serve.settings import ServeSettings
+
+    samples, rate = speech
+    clip = tokenizer.load((samples[:rate], rate))
+    engine = Engine(tokenizer, ServeSettings(max_pending_requests=2, max_streams=1), Metrics())  # workers not started
+    queued = [engine.encode(clip, None), engine.encode(clip, None)]
+    with pytest.raises(Busy, match="2 requests are queued"):
+        engine.encode(clip, None)
+    engine.start()
+    assert all(torch.equal(f.result(timeout=60), tokenizer.encode((samples[:rate], rate))) for f in queued)
+    engine.stop()
+    with pytest.raises(Busy, match="shutting down"):
+        engine.decode(torch.zeros(8, 3, dtype=torch.long))
+    with pytest.raises(Busy, match="shutting down"):
+        engine.open_stream(None, None)
