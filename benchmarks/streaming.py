@@ -3,6 +3,7 @@
     python benchmarks/streaming.py push --frames 125               # time per push, old vs new
     python benchmarks/streaming.py streams --frames 40          # streams held in real time
     python benchmarks/streaming.py lookahead                       # error of lower latency
+    python benchmarks/streaming.py streams --device cuda --counts 1 64 256 1024   # on a GPU
 
 The model is the benchmarks' full-size one with seeded random weights (common.py), or
 `--model DIR`. "Old" is the engine this project shipped before: every push decodes the
@@ -55,8 +56,10 @@ def speech_codes(model, frames: int) -> torch.Tensor:
 def time_stream(push_fn, codes: torch.Tensor, push: int) -> tuple[list[float], list[torch.Tensor]]:
     times, pieces = [], []
     for f in range(0, codes.shape[-1], push):
+        _sync()
         started = time.perf_counter()
         pieces.append(push_fn(codes[:, f : f + push]))
+        _sync()
         times.append(time.perf_counter() - started)
     return times, pieces
 
@@ -166,9 +169,17 @@ def bench_lookahead(args, model):
         print(f"| {lookahead} | {streams.latency_ms:.0f} | {snr:.1f} | {error:.1e} |", flush=True)
 
 
+def _sync() -> None:
+    """Wait for the GPU's queued work, so that a time covers it (nothing on the CPU)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def _timed(fn) -> float:
+    _sync()
     started = time.perf_counter()
     fn()
+    _sync()
     return time.perf_counter() - started
 
 
@@ -181,12 +192,15 @@ def main():
     ap.add_argument("--counts", type=int, nargs="+", default=[1, 2, 4, 5, 6, 7, 8, 10])
     ap.add_argument("--rounds", type=int, default=3, help="streams: turns each count takes")
     ap.add_argument("--lookaheads", type=int, nargs="+", default=list(range(11)))
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    ap.add_argument("--precision", default="float32", help="float32 (default), tf32, bfloat16 or float16")
     args = ap.parse_args()
     if args.push is None:
         args.push = [1, 2, 5, 25] if args.section == "push" else [1, 5]
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, "
-          f"model: {args.model or 'full size, random weights'}")
-    model = HiggsAudioV2TokenizerModel.from_pretrained(args.model or prepare_model_and_inputs()[0])
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{os.cpu_count()} CPUs, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {device}, {args.precision}, model: {args.model or 'full size, random weights'}")
+    model = HiggsAudioV2TokenizerModel.from_pretrained(args.model or prepare_model_and_inputs()[0], device=args.device,
+                                                       precision=args.precision)
     np.random.seed(0)
     {"push": bench_push, "streams": bench_streams, "lookahead": bench_lookahead}[args.section](args, model)
 
