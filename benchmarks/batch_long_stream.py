@@ -1,11 +1,10 @@
-"""Benchmarks for exact batching, long recordings and streamed decoding.
+"""Benchmarks for exact batching and long recordings (streamed decoding: benchmarks/streaming.py).
 
     python benchmarks/batch_long_stream.py batch            # padded batch vs one by one
     python benchmarks/batch_long_stream.py exactness --batch-sizes 1 2 3 4 5 6 7 8
     python benchmarks/batch_long_stream.py memory --minutes 1 10 60
     python benchmarks/batch_long_stream.py memory-estimate --lengths 10 30 60 90 120
     python benchmarks/batch_long_stream.py agreement --seconds 120 --contexts 1 2 5 10
-    python benchmarks/batch_long_stream.py stream
 
 The model is the benchmarks' full-size one with seeded random weights (common.py;
 made on first use), or `--model DIR` for a checkpoint. Speech comes from
@@ -28,7 +27,6 @@ from common import prepare_model_and_inputs, recordings
 
 from higgs_tokenizer import HiggsAudioV2TokenizerModel
 from higgs_tokenizer.long_audio import SampleSource, encode_long
-from higgs_tokenizer.streaming import StreamingDecoder
 from higgs_tokenizer.tokenizer import HiggsAudioTokenizer
 
 
@@ -170,39 +168,9 @@ def bench_agreement(args, model):
             print(f"| {context:g} s | {100 * equal:.2f} % | {100 * first:.2f} % | {elapsed:.1f} |", flush=True)
 
 
-def bench_stream(args, model):
-    codes = torch.randint(0, 1024, (8, args.frames), generator=torch.Generator().manual_seed(0))
-    frame_ms = 1000 / model.config.frame_rate
-    with torch.inference_mode():
-        model.decode(codes[None, :, :30])  # warm-up
-        t = time.perf_counter()
-        reference = model.decode(codes[None]).audio_values[0, 0]
-        one_shot = time.perf_counter() - t
-        stream = StreamingDecoder(model)
-        print(f"latency: {stream.latency_frames} frames = {stream.latency_ms:.0f} ms of audio, plus compute")
-        print(f"one-shot decode of {codes.shape[1]} frames: {one_shot:.2f} s (real-time factor {one_shot * 1000 / (codes.shape[1] * frame_ms):.2f})")
-        print("| frames per push | time to first audio (ms) | ms per push (median) | real-time factor | max error / peak |")
-        print("| --- | --- | --- | --- | --- |")
-        for push in args.push:
-            stream = StreamingDecoder(model)
-            t0 = time.perf_counter()
-            first, per_push, pieces = None, [], []
-            for f in range(0, codes.shape[1], push):
-                t = time.perf_counter()
-                pieces.append(stream.push(codes[:, f : f + push]))
-                if len(pieces[-1]):
-                    per_push.append(time.perf_counter() - t)
-                    if first is None:
-                        first = time.perf_counter() - t0
-            pieces.append(stream.flush())
-            error = float((torch.cat(pieces) - reference).abs().max() / reference.abs().max())
-            steady = float(np.median(per_push))
-            print(f"| {push} | {first * 1000:.0f} | {steady * 1000:.0f} | {steady * 1000 / (push * frame_ms):.2f} | {error:.1e} |", flush=True)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("section", choices=["batch", "exactness", "memory", "memory-estimate", "agreement", "stream"])
+    ap.add_argument("section", choices=["batch", "exactness", "memory", "memory-estimate", "agreement"])
     ap.add_argument("--model", default=None, help="checkpoint directory (default: full size, random weights)")
     ap.add_argument("--clips", type=int, default=16)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16])
@@ -211,8 +179,6 @@ def main():
     ap.add_argument("--lengths", type=float, nargs="+", default=[10, 30, 60, 90, 120], help="memory-estimate: seconds")
     ap.add_argument("--window", type=float, default=30, help="agreement: window seconds")
     ap.add_argument("--contexts", type=float, nargs="+", default=[5], help="agreement: context seconds on each side")
-    ap.add_argument("--frames", type=int, default=100)
-    ap.add_argument("--push", type=int, nargs="+", default=[1, 5, 10, 25])
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, model: {args.model or 'full size, random weights'}")
     model_path = args.model or prepare_model_and_inputs()[0]
@@ -220,7 +186,7 @@ def main():
         (bench_memory if args.section == "memory" else bench_memory_estimate)(args, model_path)
         return
     model = HiggsAudioV2TokenizerModel.from_pretrained(model_path)
-    sections = {"batch": bench_batch, "exactness": bench_exactness, "agreement": bench_agreement, "stream": bench_stream}
+    sections = {"batch": bench_batch, "exactness": bench_exactness, "agreement": bench_agreement}
     sections[args.section](args, model)
 
 

@@ -2,6 +2,8 @@
 imports between the package's modules, function-level ones included, has no cycle."""
 
 import ast
+
+import pytest
 from pathlib import Path
 
 import higgs_tokenizer
@@ -96,3 +98,14 @@ def test_the_server_sits_on_top_and_only_its_app_knows_http():
                 for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, (ast.Import, ast.ImportFrom))}
         if path.name not in ("app.py",):
             assert not http & {"starlette", "uvicorn", "fastapi"}, path.name
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (PACKAGE.parents[1] / "benchmarks").glob("*.py") if p.name != "common.py"))
+def test_every_benchmark_starts(script):
+    """Each benchmark imports and parses its arguments (a renamed module breaks none unseen)."""
+    import subprocess
+    import sys
+
+    path = PACKAGE.parents[1] / "benchmarks" / script
+    done = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
