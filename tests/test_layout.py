@@ -2,9 +2,9 @@
 imports between the package's modules, function-level ones included, has no cycle."""
 
 import ast
+from pathlib import Path
 
 import pytest
-from pathlib import Path
 
 import higgs_tokenizer
 
