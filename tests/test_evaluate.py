@@ -102,3 +102,17 @@ def test_a_manifest_and_max_files(tmp_path):
     assert main(args) == 2  # the report exists: not replaced without --overwrite
     assert main(args + ["--overwrite"]) == 0
     assert {r["file"] for r in csv.DictReader(open(out / "metrics.csv"))} == evaluated  # the same draw
+
+
+def test_inputs_with_the_same_file_names(tmp_path):
+    """Two directories that both hold x.wav: both are evaluated, each on its own."""
+    samples, rate = sf.read(audio_file("en_man.wav"), dtype="float32")
+    for name, part in (("a", samples[:rate]), ("b", samples[rate : 2 * rate])):
+        (tmp_path / name).mkdir()
+        sf.write(tmp_path / name / "x.wav", part, rate)
+    out = tmp_path / "report"
+    assert main(["evaluate", str(tmp_path / "a"), str(tmp_path / "b"), "--report", str(out), "--model",
+                 str(fixture_dir("tiny-24k")), "--bandwidth", "0.5", "--quiet"]) == 0
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert sorted(r["file"] for r in rows) == [str(tmp_path / "a" / "x.wav"), str(tmp_path / "b" / "x.wav")]
+    assert rows[0]["snr"] != rows[1]["snr"]  # two clips, two results

@@ -321,20 +321,40 @@ def test_sigterm_lets_requests_in_flight_finish(speech):
 
 
 def test_a_stream_whose_client_does_not_read_is_cut_off():
-    """Audio waiting for a client that does not read stops at MAX_QUEUED_CHUNKS: the stream
-    is closed (1008) rather than the server's memory growing without end."""
-    from higgs_tokenizer.serve.app import MAX_QUEUED_CHUNKS, _QueueSink
+    """Audio waiting for a client that does not read stops at MAX_QUEUED_SECONDS: the stream
+    is closed (1008) rather than the server's memory growing without end; what the sender
+    takes makes room again."""
+    from higgs_tokenizer.serve.app import MAX_QUEUED_SECONDS, _QueueSink
 
     async def scenario():
-        sink = _QueueSink(asyncio.get_running_loop())
-        for _ in range(MAX_QUEUED_CHUNKS + 10):
-            sink.audio(torch.zeros(960))
-            await asyncio.sleep(0)  # the event loop takes each chunk in, as it would
+        sink = _QueueSink(asyncio.get_running_loop(), 24000)
+        second = torch.zeros(24000)
+        for _ in range(MAX_QUEUED_SECONDS):
+            sink.audio(second)
+        sink.taken(24000)  # the sender took one second of it
+        sink.audio(second)
+        sink.audio(second)  # one second too many
+        sink.audio(second)  # nothing more is queued after that
+        await asyncio.sleep(0)
         kinds = [sink.queue.get_nowait()[0] for _ in range(sink.queue.qsize())]
-        assert kinds[-1] == "overflow" and kinds.count("overflow") == 1
-        assert kinds.count("audio") == MAX_QUEUED_CHUNKS + 1
+        assert kinds == ["audio"] * (MAX_QUEUED_SECONDS + 1) + ["overflow"]
 
     asyncio.run(scenario())
+
+
+def test_wire_bounds():
+    """JSON stream messages hold up to max_frames frames (rows of codes), whatever the
+    quantizer count; JSON nested too deeply is a 400, not a crash."""
+    from higgs_tokenizer.serve.wire import BadRequest, codes_from_json, stream_frames
+
+    codes = stream_frames(json.dumps({"type": "codes", "frames": [[1] * 8] * 200}), 8, 250)
+    assert codes.shape == (8, 200)
+    with pytest.raises(BadRequest, match="larger than this server takes"):
+        stream_frames(json.dumps({"type": "codes", "frames": [[1] * 8] * 251}), 8, 250)
+    with pytest.raises(BadRequest, match="nested too deeply"):
+        codes_from_json(b"[" * 100_000 + b"]" * 100_000, 100)
+    with pytest.raises(BadRequest, match="nested too deeply"):
+        stream_frames("[" * 100_000 + "]" * 100_000, 8, 250)
 
 
 def test_a_full_queue_refuses_and_a_stopping_engine_takes_nothing(tokenizer, speech):
@@ -350,6 +370,17 @@ def test_a_full_queue_refuses_and_a_stopping_engine_takes_nothing(tokenizer, spe
     queued = [engine.encode(clip, None), engine.encode(clip, None)]
     with pytest.raises(Busy, match="2 requests are queued"):
         engine.encode(clip, None)
+    # A stream may have at most max_frames_waiting frames not yet decoded.
+    class Sink:  # the stream's audio goes nowhere
+        def audio(self, samples): pass
+        def finished(self, samples): pass
+        def failed(self, error): pass
+
+    stream = engine.open_stream(Sink(), None)
+    engine.push(stream, torch.zeros(8, engine.settings.max_frames_waiting, dtype=torch.long))
+    with pytest.raises(Busy, match="frames would wait to be decoded"):
+        engine.push(stream, torch.zeros(8, 1, dtype=torch.long))
+    engine.close(stream)
     engine.start()
     assert all(torch.equal(f.result(timeout=60), tokenizer.encode((samples[:rate], rate))) for f in queued)
     engine.stop()

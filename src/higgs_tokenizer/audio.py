@@ -38,6 +38,9 @@ class AudioTooLongError(ValueError):
 # they bound the samples decoded (and no real recording needs more).
 MAX_SAMPLE_RATE = 384_000
 MAX_CHANNELS = 64
+# And the samples decoded (all channels) at most as many as this rate in stereo would make:
+# a small file of silence at 384 kHz in 64 channels must not decode to gigabytes.
+BOUNDED_SAMPLES_PER_SECOND = 48_000 * 2
 
 
 class MissingExtraError(ImportError):
@@ -95,6 +98,9 @@ def _check_size(name: str, rate: int, channels: int, frames: int, max_seconds: f
                                f"(at most {MAX_CHANNELS} channels, {MAX_SAMPLE_RATE} Hz)")
     if frames > max_seconds * rate:
         raise AudioTooLongError(f"{name}: longer than the {max_seconds:g} s allowed")
+    if frames * channels > max_seconds * BOUNDED_SAMPLES_PER_SECOND:
+        raise AudioTooLongError(f"{name}: {channels} channels at {rate} Hz for {frames / rate:.1f} s: more samples "
+                                f"than {max_seconds:g} s of 48 kHz stereo, the most this takes")
 
 
 def _mono_at_rate(channels: np.ndarray, rate: int, sample_rate: int | None, name: str) -> tuple[np.ndarray, int]:

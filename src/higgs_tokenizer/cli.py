@@ -339,8 +339,8 @@ def cmd_evaluate(args) -> int:
     report = Report()
     files: list[tuple[str, Path]] = []
     plain = [i for i in args.inputs if Path(i).suffix.lower() not in MANIFEST_SUFFIXES or not Path(i).is_file()]
-    for job in collect_jobs(plain, out, AUDIO_EXTENSIONS, ".json", report):
-        files.append((str(job.source), job.source))
+    for n, item in enumerate(plain):  # each input apart: no outputs here to collide
+        files += [(str(job.source), job.source) for job in collect_jobs([item], out / str(n), AUDIO_EXTENSIONS, ".json", report)]
     for manifest in (i for i in args.inputs if i not in plain):
         files += [(item.source, Path(item.path)) for item in list_items(manifest, Columns(path=args.path_column)).items]
     if args.max_files is not None and len(files) > args.max_files:
@@ -361,7 +361,9 @@ def cmd_evaluate(args) -> int:
         unknown = [b for b in bandwidths if b not in available]
         if unknown:
             raise ValueError(f"bandwidths {unknown} are not the model's: {available}")
-    loaded = {args.precision[0]: first}
+    loaded, device = {args.precision[0]: first}, str(first.model.device)
+    del first  # `loaded` holds it while it is the one in use
+    precisions = list(dict.fromkeys(args.precision))
 
     def load_tokenizer(precision):
         if precision not in loaded:
@@ -371,15 +373,15 @@ def cmd_evaluate(args) -> int:
 
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    with _progress(len(files) * len(args.precision), args.quiet, "file") as bar, \
+    with _progress(len(files) * len(precisions), args.quiet, "file") as bar, \
             tempfile.TemporaryDirectory(dir=out, prefix=".work-") as work:
         evaluation = evaluate(
-            load_tokenizer, files, bandwidths, list(dict.fromkeys(args.precision)), Path(work),
+            load_tokenizer, files, bandwidths, precisions, Path(work),
             progress=bar.update, on_failure=lambda name, reason: report.fail(name, reason, bar),
         )
         aggregates = aggregate(evaluation, args.seed)
         settings = {"bandwidths": bandwidths, "precisions": evaluation.precisions, "seed": args.seed,
-                    "max_files": args.max_files, "device": str(first.model.device), "files": len(files)}
+                    "max_files": args.max_files, "device": device, "files": len(files)}
         save_results(evaluation, aggregates, out, settings)
         if evaluation.files:
             write_report(evaluation, aggregates, out / "report.html", max_files=args.report_files)

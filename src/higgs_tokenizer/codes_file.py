@@ -201,7 +201,7 @@ def load_codes(path: str | os.PathLike, name: str | None = None) -> EncodedAudio
         identity = ModelIdentity(
             str(header["model_name"]), str(header["model_config_sha256"]), str(header["codebooks_sha256"])
         )
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
+    except (KeyError, TypeError, ValueError, OverflowError, json.JSONDecodeError) as err:
         raise CodesFileError(f"{label}: malformed header ({type(err).__name__}: {err})") from None
     if codes.dtype != torch.int16 or codes.dim() != 2:
         raise CodesFileError(f"{label}: codes must be int16 [num_quantizers, frames], got {codes.dtype} {tuple(codes.shape)}")

@@ -43,10 +43,19 @@ class _Stream:
         return sum(c.shape[-1] for c in self.waiting)
 
     def take(self, frames: int) -> torch.Tensor:
-        codes = torch.cat(self.waiting, dim=-1)
-        taken, rest = codes[:, :frames], codes[:, frames:]
-        self.waiting = [rest] if rest.shape[-1] else []
-        return taken
+        """The next `frames` frames, from as few chunks as hold them (a long backlog is not
+        copied on every step)."""
+        taken = []
+        while frames:
+            chunk = self.waiting[0]
+            if chunk.shape[-1] <= frames:
+                taken.append(self.waiting.pop(0))
+                frames -= chunk.shape[-1]
+            else:
+                taken.append(chunk[:, :frames])
+                self.waiting[0] = chunk[:, frames:]
+                frames = 0
+        return taken[0] if len(taken) == 1 else torch.cat(taken, dim=-1)
 
 
 class DecoderStreams:

@@ -562,9 +562,10 @@ class HiggsAudioV2TokenizerModel(nn.Module):
                     f"{shortest} samples ({shortest / self.config.sample_rate * 1000:.1f} ms)"
                 )
 
-    def check_codes(self, audio_codes) -> torch.Tensor:
-        """`audio_codes` `[batch, n_q, frames]` as int64 on the model's device, or a clear error:
-        an integer tensor with 1 to `num_quantizers` rows and values in [0, codebook_size)."""
+    def check_codes(self, audio_codes, to_device: bool = True) -> torch.Tensor:
+        """`audio_codes` `[batch, n_q, frames]` as int64 on the model's device (where they are,
+        with `to_device=False`), or a clear error: an integer tensor with 1 to
+        `num_quantizers` rows and values in [0, codebook_size)."""
         if not isinstance(audio_codes, torch.Tensor):
             raise TypeError(f"audio_codes must be a torch.Tensor [batch, n_q, frames], got {type(audio_codes).__name__}")
         if audio_codes.dim() != 3:
@@ -581,7 +582,7 @@ class HiggsAudioV2TokenizerModel(nn.Module):
             raise ValueError(
                 f"audio_codes must lie in [0, {self.config.codebook_size}); found values from {low} to {high}"
             )
-        return audio_codes.to(device=self.device, dtype=torch.long)
+        return audio_codes.to(device=self.device if to_device else audio_codes.device, dtype=torch.long)
 
     def _wrap(self, output: ModelOutput, return_dict: bool | None):
         return_dict = self.config.return_dict if return_dict is None else return_dict

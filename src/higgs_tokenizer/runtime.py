@@ -18,6 +18,7 @@ import ctypes
 import ctypes.util
 import os
 import sys
+import threading
 
 import torch
 
@@ -78,24 +79,38 @@ def _mmap_threshold() -> int:
     return threshold
 
 
+_full_float32_lock = threading.Lock()
+_full_float32_users = 0
+_saved_tf32: tuple[bool, bool] | None = None
+
+
 @contextlib.contextmanager
 def full_float32(device: torch.device, dtype: torch.dtype, enabled: bool = True):
     """Within the block, float32 convs and matrix products on a GPU use full float32, not TF32.
 
     PyTorch lets cuDNN run float32 convs in TF32 (10-bit mantissa) by default;
     that moves about 1.5 % of the codes of a random-weight model (the
-    benchmark, on an H200). The previous settings are restored on exit.
+    benchmark, on an H200). The flags are process-wide, so blocks in several threads at
+    once (a server's workers) share one setting: the first to enter turns TF32 off, the
+    last to leave restores what was there before.
     """
+    global _full_float32_users, _saved_tf32
     if not enabled or device.type != "cuda" or dtype != torch.float32:
         yield
         return
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    saved = cudnn.allow_tf32, matmul.allow_tf32
-    cudnn.allow_tf32 = matmul.allow_tf32 = False
+    with _full_float32_lock:
+        if _full_float32_users == 0:
+            _saved_tf32 = (cudnn.allow_tf32, matmul.allow_tf32)
+            cudnn.allow_tf32 = matmul.allow_tf32 = False
+        _full_float32_users += 1
     try:
         yield
     finally:
-        cudnn.allow_tf32, matmul.allow_tf32 = saved
+        with _full_float32_lock:
+            _full_float32_users -= 1
+            if _full_float32_users == 0:
+                cudnn.allow_tf32, matmul.allow_tf32 = _saved_tf32
 
 
 # The numeric modes a model runs in: (dtype of the weights and activations, whether float32

@@ -58,9 +58,10 @@ def evaluate(load_tokenizer, files: list[tuple[str, Path]], bandwidths: list[flo
     pairs. `progress(n)` is called as work is done (n file-precisions); `on_failure(name,
     reason)` for each file that cannot be evaluated (it is left out, the others go on)."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    results = {name: FileResult(name) for name, _ in files}
-    reference_codes: dict[str, torch.Tensor] = {}  # name -> codes at the first precision
-    failed: dict[str, str] = {}
+    # Keyed by position: two inputs may carry the same name (two manifests, say).
+    results = [FileResult(name) for name, _ in files]
+    reference_codes: dict[int, torch.Tensor] = {}  # file -> codes at the first precision
+    failed: dict[int, str] = {}
     tokenizer = None
     for precision in precisions:
         tokenizer = load_tokenizer(precision)
@@ -68,17 +69,17 @@ def evaluate(load_tokenizer, files: list[tuple[str, Path]], bandwidths: list[flo
         unknown = [b for b in bandwidths if b not in config.target_bandwidths]
         if unknown:
             raise ValueError(f"bandwidths {unknown} are not the model's: {list(config.target_bandwidths)}")
-        for name, path in files:
-            if name in failed:
+        for index, (name, path) in enumerate(files):
+            if index in failed:
                 continue
             try:
-                _evaluate_file(tokenizer, precision, precisions, bandwidths, name, path, results[name],
+                _evaluate_file(tokenizer, precision, precisions, bandwidths, index, path, results[index],
                                reference_codes, work_dir, speech)
             except Exception as err:  # one bad file must not stop the others
-                failed[name] = f"{type(err).__name__}: {err}" if not isinstance(err, ValueError) else str(err)
-                results[name].rows.clear()
+                failed[index] = f"{type(err).__name__}: {err}" if not isinstance(err, ValueError) else str(err)
+                results[index].rows.clear()
                 if on_failure is not None:
-                    on_failure(name, failed[name])
+                    on_failure(name, failed[index])
             if progress is not None:
                 progress(1)
     return Evaluation(
@@ -86,12 +87,12 @@ def evaluate(load_tokenizer, files: list[tuple[str, Path]], bandwidths: list[flo
         sample_rate=tokenizer.sample_rate if tokenizer is not None else 0,
         bandwidths=sorted(bandwidths),
         precisions=list(precisions),
-        files=[results[name] for name, _ in files if name not in failed],
-        failures=sorted(failed.items()),
+        files=[result for index, result in enumerate(results) if index not in failed],
+        failures=sorted((files[index][0], reason) for index, reason in failed.items()),
     )
 
 
-def _evaluate_file(tokenizer, precision, precisions, bandwidths, name, path, result: FileResult,
+def _evaluate_file(tokenizer, precision, precisions, bandwidths, index, path, result: FileResult,
                    reference_codes: dict, work_dir: Path, speech: bool) -> None:
     audio = tokenizer.load(path)
     if not isinstance(audio, np.ndarray):  # a long recording streamed from disk: evaluate it whole
@@ -102,7 +103,7 @@ def _evaluate_file(tokenizer, precision, precisions, bandwidths, name, path, res
     encode_seconds = time.perf_counter() - started
     first = precisions[0]
     if precision == first:
-        reference_codes[name] = codes
+        reference_codes[index] = codes
     for bandwidth in sorted(bandwidths):
         n_q = tokenizer.config.num_quantizers_for_bandwidth(bandwidth)
         started = time.perf_counter()
@@ -110,7 +111,7 @@ def _evaluate_file(tokenizer, precision, precisions, bandwidths, name, path, res
         decode_seconds = time.perf_counter() - started
         decoded = np.pad(decoded, (0, len(audio) - len(decoded)))
         row = {
-            "file": name, "precision": precision, "bandwidth_kbps": bandwidth, "num_quantizers": n_q,
+            "file": result.name, "precision": precision, "bandwidth_kbps": bandwidth, "num_quantizers": n_q,
             "bitrate_bps": n_q * math.log2(tokenizer.config.codebook_size) * tokenizer.frame_rate,
             "duration_s": duration, "encode_s": encode_seconds, "decode_s": decode_seconds,
             "real_time_factor": (encode_seconds + decode_seconds) / duration,
@@ -121,12 +122,12 @@ def _evaluate_file(tokenizer, precision, precisions, bandwidths, name, path, res
         }
         if speech:
             row.update(metrics.speech_metrics(audio, decoded, rate))
-        first_codes = reference_codes[name][:n_q]
+        first_codes = reference_codes[index][:n_q]
         row["codes_agree"] = float((codes[:n_q] == first_codes).float().mean())
         row["first_codebook_agrees"] = float((codes[0] == first_codes[0]).float().mean())
         result.rows.append(row)
         if (precision, bandwidth) == (first, max(bandwidths)):
-            result.artifact = work_dir / f"{len(list(work_dir.glob('*.npz'))):06d}.npz"
+            result.artifact = work_dir / f"{index:06d}.npz"
             np.savez(result.artifact, original=audio, reconstruction=decoded.astype(np.float32), codes=codes[:n_q].numpy())
 
 

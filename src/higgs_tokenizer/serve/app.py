@@ -19,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from importlib import resources
 
 import numpy as np
 import torch
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
@@ -51,7 +52,7 @@ from .wire import (
 
 log = logging.getLogger("higgs_tokenizer.serve")
 
-MAX_QUEUED_CHUNKS = 3000  # a stream's audio chunks not yet sent (1-frame chunks: 2 minutes)
+MAX_QUEUED_SECONDS = 120  # a stream's audio made and not yet sent
 WS_MAX_MESSAGE_BYTES = 1 << 20  # a stream message: at most max_frames_per_message frames, as JSON
 # WebSocket close codes (RFC 6455 and the IANA registry).
 CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_ERROR, CLOSE_TRY_AGAIN = 1000, 1001, 1008, 1011, 1013
@@ -127,6 +128,10 @@ class _Handlers:
     def __init__(self, tokenizer, settings: ServeSettings, metrics: Metrics, engine: Engine):
         self.tokenizer, self.settings, self.metrics, self.engine = tokenizer, settings, metrics, engine
         self.max_frames = int(settings.max_audio_seconds * tokenizer.frame_rate)
+        # Encode and decode requests in flight (being read, decoded or waiting for the model):
+        # each holds its body and audio, so their number bounds the memory they take.
+        self.max_in_flight = 2 * settings.max_batch
+        self.in_flight = 0
         self.exact_lookahead = tokenizer.stream_decoder().latency_frames
 
     # ------------------------------------------------------------------ small pages
@@ -162,40 +167,44 @@ class _Handlers:
     # ------------------------------------------------------------------ encode
     async def encode(self, request: Request) -> Response:
         try:
-            body = await self._body(request)
-            params = dict(request.query_params)
-            content_type = request.headers.get("content-type", "")
-            data, name = body, "upload"
-            if content_type.lower().startswith("multipart/form-data"):
-                fields = multipart_fields(body, content_type)
-                if "file" not in fields:
-                    raise BadRequest('multipart body without a "file" field')
-                filename, data = fields.pop("file")
-                name = filename or name
-                params.update({k: v.decode("utf-8", "replace") for k, (_, v) in fields.items()})
-            bandwidth = _number(params, "bandwidth", float)
-            clip = await asyncio.to_thread(self._clip, data, name, params)
-            started = time.perf_counter()
-            codes = await asyncio.wrap_future(self.engine.encode(clip, bandwidth))
-            seconds = time.perf_counter() - started
-            encoded = self.tokenizer.as_encoded_audio(codes, len(clip), source=name)
-            headers = {"X-Encode-Seconds": f"{seconds:.4f}"}
-            if params.get("as") == "hac" or CODES_MEDIA_TYPE in request.headers.get("accept", ""):
-                headers["Content-Disposition"] = f'attachment; filename="codes{SUFFIX}"'
-                return Response(encoded.to_bytes(), media_type=CODES_MEDIA_TYPE, headers=headers)
-            header = encoded.header()
-            return JSONResponse({
-                "codes": codes.tolist(),
-                "num_samples": encoded.num_samples,
-                "num_quantizers": encoded.num_quantizers,
-                "num_frames": encoded.num_frames,
-                "frame_rate": encoded.frame_rate,
-                "sample_rate": encoded.sample_rate,
-                "model": {"name": header["model_name"], "config_sha256": header["model_config_sha256"],
-                          "codebooks_sha256": header["codebooks_sha256"]},
-            }, headers=headers)
+            with self._slot():
+                return await self._encode(request)
         except Exception as err:
             return _error_response(err)
+
+    async def _encode(self, request: Request) -> Response:
+        body = await self._body(request)
+        params = dict(request.query_params)
+        content_type = request.headers.get("content-type", "")
+        data, name = body, "upload"
+        if content_type.lower().startswith("multipart/form-data"):
+            fields = multipart_fields(body, content_type)
+            if "file" not in fields:
+                raise BadRequest('multipart body without a "file" field')
+            filename, data = fields.pop("file")
+            name = filename or name
+            params.update({k: v.decode("utf-8", "replace") for k, (_, v) in fields.items()})
+        bandwidth = _number(params, "bandwidth", float)
+        clip = await asyncio.to_thread(self._clip, data, name, params)
+        started = time.perf_counter()
+        codes = await asyncio.wrap_future(self.engine.encode(clip, bandwidth))
+        seconds = time.perf_counter() - started
+        encoded = self.tokenizer.as_encoded_audio(codes, len(clip), source=name)
+        headers = {"X-Encode-Seconds": f"{seconds:.4f}"}
+        if params.get("as") == "hac" or CODES_MEDIA_TYPE in request.headers.get("accept", ""):
+            headers["Content-Disposition"] = f'attachment; filename="codes{SUFFIX}"'
+            return Response(encoded.to_bytes(), media_type=CODES_MEDIA_TYPE, headers=headers)
+        header = encoded.header()
+        return JSONResponse({
+            "codes": codes.tolist(),
+            "num_samples": encoded.num_samples,
+            "num_quantizers": encoded.num_quantizers,
+            "num_frames": encoded.num_frames,
+            "frame_rate": encoded.frame_rate,
+            "sample_rate": encoded.sample_rate,
+            "model": {"name": header["model_name"], "config_sha256": header["model_config_sha256"],
+                      "codebooks_sha256": header["codebooks_sha256"]},
+        }, headers=headers)
 
     def _clip(self, data: bytes, name: str, params: dict) -> np.ndarray:
         """The upload as mono float32 at the model's rate (in a worker thread: decoding and
@@ -216,34 +225,49 @@ class _Handlers:
     # ------------------------------------------------------------------ decode
     async def decode(self, request: Request) -> Response:
         try:
-            fmt = audio_format(request.query_params.get("format"), request.headers.get("accept", ""))
-            body = await self._body(request)
-            content_type = request.headers.get("content-type", "").lower()
-            if content_type.startswith("multipart/form-data"):
-                fields = multipart_fields(body, request.headers["content-type"])
-                if "file" not in fields:
-                    raise BadRequest('multipart body without a "file" field')
-                body, content_type = fields["file"][1], CODES_MEDIA_TYPE
-            if content_type.startswith("application/json"):
-                codes, num_samples = codes_from_json(body, self.max_frames)
-                self.tokenizer.model.check_codes(codes[None])
-                item = codes
-            else:
-                encoded = await asyncio.to_thread(load_codes_bytes, body, "the uploaded codes file")
-                if encoded.num_frames > self.max_frames:
-                    raise BadRequest(f"{encoded.num_frames} frames; at most {self.max_frames}", 413)
-                item, num_samples = encoded, encoded.num_samples
-            started = time.perf_counter()
-            audio = await asyncio.wrap_future(self.engine.decode(item))
-            seconds = time.perf_counter() - started
-            if num_samples is not None:
-                audio = audio[:num_samples]
-            self.metrics.audio_seconds_out.inc(len(audio) / self.tokenizer.sample_rate)
-            data = await asyncio.to_thread(encode_audio, audio, self.tokenizer.sample_rate, fmt)
-            return Response(data, media_type=audio_media_type(fmt, self.tokenizer.sample_rate),
-                            headers={"X-Decode-Seconds": f"{seconds:.4f}", "X-Num-Samples": str(len(audio))})
+            with self._slot():
+                return await self._decode(request)
         except Exception as err:
             return _error_response(err)
+
+    @contextlib.contextmanager
+    def _slot(self):
+        """One of `max_in_flight` places for a request, or `Busy` (503)."""
+        if self.in_flight >= self.max_in_flight:
+            raise Busy(f"{self.in_flight} requests are in flight, the most this server takes; try again later")
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+    async def _decode(self, request: Request) -> Response:
+        fmt = audio_format(request.query_params.get("format"), request.headers.get("accept", ""))
+        body = await self._body(request)
+        content_type = request.headers.get("content-type", "").lower()
+        if content_type.startswith("multipart/form-data"):
+            fields = multipart_fields(body, request.headers["content-type"])
+            if "file" not in fields:
+                raise BadRequest('multipart body without a "file" field')
+            body, content_type = fields["file"][1], CODES_MEDIA_TYPE
+        if content_type.startswith("application/json"):
+            codes, num_samples = codes_from_json(body, self.max_frames)
+            self.tokenizer.model.check_codes(codes[None], to_device=False)
+            item = codes
+        else:
+            encoded = await asyncio.to_thread(load_codes_bytes, body, "the uploaded codes file")
+            if encoded.num_frames > self.max_frames:
+                raise BadRequest(f"{encoded.num_frames} frames; at most {self.max_frames}", 413)
+            item, num_samples = encoded, encoded.num_samples
+        started = time.perf_counter()
+        audio = await asyncio.wrap_future(self.engine.decode(item))
+        seconds = time.perf_counter() - started
+        if num_samples is not None:
+            audio = audio[:num_samples]
+        self.metrics.audio_seconds_out.inc(len(audio) / self.tokenizer.sample_rate)
+        data = await asyncio.to_thread(encode_audio, audio, self.tokenizer.sample_rate, fmt)
+        return Response(data, media_type=audio_media_type(fmt, self.tokenizer.sample_rate),
+                        headers={"X-Decode-Seconds": f"{seconds:.4f}", "X-Num-Samples": str(len(audio))})
 
     async def _body(self, request: Request) -> bytes:
         """The request body, refused (413) past `max_upload_bytes` without reading it all."""
@@ -279,7 +303,7 @@ class _Handlers:
                 raise BadRequest(f"lookahead_frames must be from 0 to {self.exact_lookahead}")
         except BadRequest as err:
             return await self._close(websocket, CLOSE_POLICY, str(err), started)
-        sink = _QueueSink(asyncio.get_running_loop())
+        sink = _QueueSink(asyncio.get_running_loop(), self.tokenizer.sample_rate)
         try:
             stream_id = self.engine.open_stream(sink, lookahead)
         except Busy as err:
@@ -321,28 +345,37 @@ class _Handlers:
                 if codes is None:
                     self.engine.end(stream_id)
                     return CLOSE_NORMAL, ""
-                self.tokenizer.model.check_codes(codes[None])
+                self.tokenizer.model.check_codes(codes[None], to_device=False)
             except (BadRequest, ValueError, TypeError) as err:
                 # Refused whole; the stream goes on (an LM's end token, say, must not cost the audio in flight).
                 await websocket.send_json({"type": "error", "message": str(err)})
                 continue
-            self.engine.push(stream_id, codes)
+            try:
+                self.engine.push(stream_id, codes)
+            except Busy as err:
+                return CLOSE_POLICY, str(err)
 
     async def _send_audio(self, websocket: WebSocket, sink: "_QueueSink", fmt: str) -> tuple[int, str]:
-        """The stream's audio to the client as it comes; (close code, reason) at its end."""
+        """The stream's audio to the client as it comes; (close code, reason) at its end. A
+        client that takes longer than `stream_idle_seconds` to take one message in, or lets
+        its audio pile up past `MAX_QUEUED_SECONDS`, is cut off."""
+        deadline = self.settings.stream_idle_seconds
         try:
             while True:
                 kind, value = await sink.queue.get()
                 if kind == "audio":
-                    await websocket.send_bytes(encode_audio(value, self.tokenizer.sample_rate, fmt))
+                    sink.taken(len(value))
+                    await asyncio.wait_for(websocket.send_bytes(encode_audio(value, self.tokenizer.sample_rate, fmt)), deadline)
                 elif kind == "finished":
-                    await websocket.send_json({"type": "end", "samples": value})
+                    await asyncio.wait_for(websocket.send_json({"type": "end", "samples": value}), deadline)
                     return CLOSE_NORMAL, ""
                 elif kind == "overflow":
                     return CLOSE_POLICY, "the client does not read its audio"
                 else:
                     log.error("stream failed: %s", value)
                     return CLOSE_ERROR, f"decoding failed: {value}"
+        except asyncio.TimeoutError:
+            return CLOSE_POLICY, "the client does not read its audio"
         except (WebSocketDisconnect, OSError, RuntimeError):
             return CLOSE_GOING_AWAY, "client left"
 
@@ -359,24 +392,31 @@ class _Handlers:
 class _QueueSink:
     """A stream's audio handed from the live worker's thread to the event loop. A client
     that does not read its audio would make the queue grow without end: past
-    `MAX_QUEUED_CHUNKS` the stream is closed instead."""
+    `MAX_QUEUED_SECONDS` of audio the stream is closed instead."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
+    def __init__(self, loop: asyncio.AbstractEventLoop, sample_rate: int):
         self.loop, self.queue = loop, asyncio.Queue()
+        self.limit = int(MAX_QUEUED_SECONDS * sample_rate)
+        self.queued = 0  # samples handed over and not yet taken by the sender
         self.overflowed = False
+        self._lock = threading.Lock()
 
     def _put(self, item) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
     def audio(self, samples: torch.Tensor) -> None:
-        if self.overflowed:
-            return
-        if self.queue.qsize() > MAX_QUEUED_CHUNKS:  # read from another thread: near enough
-            self.overflowed = True
-            self._put(("overflow", None))
-            return
-        self._put(("audio", samples.numpy()))
+        with self._lock:
+            if self.overflowed:
+                return
+            self.overflowed = self.queued + len(samples) > self.limit
+            if not self.overflowed:
+                self.queued += len(samples)
+        self._put(("overflow", None) if self.overflowed else ("audio", samples.numpy()))
+
+    def taken(self, samples: int) -> None:
+        with self._lock:
+            self.queued -= samples
 
     def finished(self, samples: int) -> None:
         self._put(("finished", samples))
@@ -399,6 +439,8 @@ def _number(params, name: str, kind):
 
 
 def _error_response(err: Exception) -> Response:
+    if isinstance(err, ClientDisconnect):  # the client left mid-upload: nobody reads this answer
+        return JSONResponse({"error": "the client disconnected"}, status_code=400)
     if isinstance(err, BadRequest):
         status = err.status
     elif isinstance(err, AudioTooLongError):

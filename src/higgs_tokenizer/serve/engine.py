@@ -80,6 +80,7 @@ class Engine:
         self._commands: list[tuple] = []  # for the live worker, in order
         self._bulk: deque = deque()  # _Encode and _Decode, oldest first
         self._open_streams = 0
+        self._waiting: dict[int, int] = {}  # stream -> frames pushed, not yet decoded
         self._next_id = 0
         self._stopping = False
         self._live_elsewhere = False
@@ -114,15 +115,27 @@ class Engine:
             if self._open_streams >= self.settings.max_streams:
                 raise Busy(f"{self._open_streams} streams are open, the most this server takes; try again later")
             self._open_streams += 1
+            self.metrics.active_streams.set(self._open_streams)
             stream_id, self._next_id = self._next_id, self._next_id + 1
+            self._waiting[stream_id] = 0
             self._commands.append(("open", stream_id, sink, lookahead_frames))
             self._cond.notify_all()
-        self.metrics.active_streams.set(self._open_streams)
         return stream_id
 
     def push(self, stream_id: int, codes: torch.Tensor) -> None:
-        """Frames `[n_q, k]` for a stream, already checked (`model.check_codes`)."""
-        self._command("push", stream_id, codes)
+        """Frames `[n_q, k]` for a stream, already checked (`model.check_codes`); `Busy` when
+        the stream would have more than `max_frames_waiting` frames not yet decoded (a client
+        far ahead of real time, or a server far behind): memory and step time stay bounded."""
+        with self._cond:
+            if stream_id not in self._waiting:
+                return  # closed already: its frames have nowhere to go
+            waiting = self._waiting[stream_id] + codes.shape[-1]
+            if waiting > self.settings.max_frames_waiting:
+                raise Busy(f"{waiting} frames would wait to be decoded, more than the "
+                           f"{self.settings.max_frames_waiting} a stream may have; send at the pace of the audio")
+            self._waiting[stream_id] = waiting
+            self._commands.append(("push", stream_id, codes))
+            self._cond.notify_all()
 
     def end(self, stream_id: int) -> None:
         """No more frames: the stream's last audio, then `sink.finished`."""
@@ -186,13 +199,19 @@ class Engine:
 
     def _tick(self, live: dict, engines: dict) -> None:
         for streams in engines.values():
-            if not any(streams.frames_waiting(i) or _ending(live, streams, i) for i in streams.stream_ids):
+            members = {sid: s for sid, s in live.items() if s.streams is streams}
+            if not any(s.ending or streams.frames_waiting(s.inner_id) for s in members.values()):
                 continue
+            decoded = {sid: streams.frames_decoded(s.inner_id) for sid, s in members.items()}
             started = time.perf_counter()
             out = streams.step()
             self.metrics.step_seconds.observe(time.perf_counter() - started)
+            with self._cond:
+                for sid, s in members.items():
+                    if sid in self._waiting:
+                        self._waiting[sid] -= streams.frames_decoded(s.inner_id) - decoded[sid]
             self.metrics.step_streams.observe(len(out))
-            by_inner = {s.inner_id: (sid, s) for sid, s in live.items() if s.streams is streams}
+            by_inner = {s.inner_id: (sid, s) for sid, s in members.items()}
             for inner_id, audio in out.items():
                 stream_id, stream = by_inner[inner_id]
                 if len(audio):
@@ -208,7 +227,8 @@ class Engine:
         stream.streams.remove(stream.inner_id)
         with self._cond:
             self._open_streams -= 1
-        self.metrics.active_streams.set(self._open_streams)
+            self._waiting.pop(stream_id, None)
+            self.metrics.active_streams.set(self._open_streams)
         if error is not None:
             stream.sink.failed(error)
 
@@ -289,10 +309,6 @@ class Engine:
 
 def _has_work(engines: dict) -> bool:
     return any(streams.frames_waiting(i) for streams in engines.values() for i in streams.stream_ids)
-
-
-def _ending(live: dict, streams: DecoderStreams, inner_id: int) -> bool:
-    return any(s.ending for s in live.values() if s.streams is streams and s.inner_id == inner_id)
 
 
 def _lower_priority() -> None:

@@ -6,10 +6,17 @@ buckets behind one lock, rendered on request.
 
 from __future__ import annotations
 
+import math
 import threading
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def _value(number: float) -> str:
+    """A sample value with every digit a float holds (counters must not round)."""
+    number = float(number)
+    return str(int(number)) if math.isfinite(number) and number == int(number) else repr(number)
 
 
 def _escape(value) -> str:
@@ -54,7 +61,7 @@ class Counter(_Metric):
     def _lines(self) -> list[str]:
         with self._lock:
             items = sorted(self._values.items())
-        return [f"{self.name}{_labels(dict(key))} {value:g}" for key, value in items] or [f"{self.name} 0"]
+        return [f"{self.name}{_labels(dict(key))} {_value(value)}" for key, value in items] or [f"{self.name} 0"]
 
 
 class Gauge(_Metric):
@@ -68,7 +75,7 @@ class Gauge(_Metric):
         self._value = float(value)
 
     def _lines(self) -> list[str]:
-        return [f"{self.name} {self._value:g}"]
+        return [f"{self.name} {_value(self._value)}"]
 
 
 class Histogram(_Metric):
@@ -98,7 +105,7 @@ class Histogram(_Metric):
             for bound, count in zip(self.buckets, series):
                 lines.append(f"{self.name}_bucket{_labels({**labels, 'le': f'{bound:g}'})} {count}")
             lines.append(f"{self.name}_bucket{_labels({**labels, 'le': '+Inf'})} {series[-1]}")
-            lines.append(f"{self.name}_sum{_labels(labels)} {series[-2]:g}")
+            lines.append(f"{self.name}_sum{_labels(labels)} {_value(series[-2])}")
             lines.append(f"{self.name}_count{_labels(labels)} {series[-1]}")
         return lines
 

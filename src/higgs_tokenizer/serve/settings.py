@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -16,18 +17,20 @@ class ServeSettings:
     max_audio_seconds: float = 600.0  # audio to encode, and audio that codes to decode make
     max_frames_per_message: int = 250  # code frames in one stream message (10 s)
     max_frames_per_step: int = 25  # frames a stream advances by in one tick (bounds a tick)
+    max_frames_waiting: int = 1000  # a stream's frames sent but not yet decoded (40 s): more closes it
     stream_idle_seconds: float = 30.0  # a stream that sends nothing for this long is closed
     max_pending_requests: int = 64  # encode and decode requests queued; more get 503
 
     def __post_init__(self):
-        for name in ("max_streams", "max_batch", "max_frames_per_message", "max_frames_per_step", "max_pending_requests"):
+        for name in ("max_streams", "max_batch", "max_frames_per_message", "max_frames_per_step", "max_frames_waiting",
+                     "max_pending_requests"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("max_upload_mb", "max_audio_seconds", "stream_idle_seconds"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if not self.max_wait_ms >= 0:
-            raise ValueError(f"max_wait_ms must be at least 0, got {self.max_wait_ms}")
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be positive and finite, got {getattr(self, name)}")
+        if not 0 <= self.max_wait_ms < math.inf:
+            raise ValueError(f"max_wait_ms must be at least 0 and finite, got {self.max_wait_ms}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be from 0 to 65535, got {self.port}")
 

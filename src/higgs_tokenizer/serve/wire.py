@@ -31,6 +31,7 @@ AUDIO_MEDIA_TYPES = {
     "pcm_s16le": "audio/L16",  # with the rate and channel count as parameters
     "pcm_f32le": "application/octet-stream",
 }
+MAX_QUANTIZERS = 64  # more than any model of this family has: bounds a request before the model checks it
 PCM_DTYPES = {"pcm_s16le": np.dtype("<i2"), "pcm_f32le": np.dtype("<f4")}
 
 
@@ -91,27 +92,33 @@ def pcm_samples(data: bytes, fmt: str, channels: int) -> np.ndarray:
 
 def codes_from_json(data: bytes, max_frames: int) -> tuple[torch.Tensor, int | None]:
     """`(codes [n_q, frames] int64, num_samples or None)` from a JSON body."""
-    try:
-        payload = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BadRequest(f"body is not JSON: {err}") from None
+    payload = _json(data, "body")
     if not isinstance(payload, dict) or "codes" not in payload:
         raise BadRequest('JSON body must be an object with "codes": [[...], ...] (quantizer-major)')
-    codes = _int_rows(payload["codes"], "codes", max_frames)
+    codes = _int_rows(payload["codes"], "codes", max_rows=MAX_QUANTIZERS, max_columns=max_frames)
     num_samples = payload.get("num_samples")
     if num_samples is not None and (not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 0):
         raise BadRequest(f'"num_samples" must be a non-negative integer, got {num_samples!r}')
     return codes, num_samples
 
 
-def _int_rows(rows, what: str, max_columns: int) -> torch.Tensor:
-    """A JSON list of equal-length integer lists as an int64 tensor, bounded."""
+def _json(data: bytes | str, what: str):
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BadRequest(f"{what} is not JSON: {err}") from None
+    except RecursionError:  # nesting deeper than the parser goes
+        raise BadRequest(f"{what}: JSON nested too deeply") from None
+
+
+def _int_rows(rows, what: str, max_rows: int, max_columns: int) -> torch.Tensor:
+    """A JSON list of equal-length integer lists as an int64 tensor `[rows, columns]`, bounded."""
     if not isinstance(rows, list) or not rows or not all(isinstance(r, list) for r in rows):
         raise BadRequest(f'"{what}" must be a non-empty list of lists of integers')
-    if len(rows) > 64 or any(len(r) > max_columns for r in rows):
-        raise BadRequest(f'"{what}" is larger than this server takes ({max_columns} per row)')
+    if len(rows) > max_rows or any(len(r) > max_columns for r in rows):
+        raise BadRequest(f'"{what}" is larger than this server takes ({max_rows} lists of at most {max_columns})')
     if len({len(r) for r in rows}) != 1:
-        raise BadRequest(f'"{what}" rows differ in length')
+        raise BadRequest(f'"{what}" lists differ in length')
     if not all(type(v) is int for r in rows for v in r):
         raise BadRequest(f'"{what}" must hold integers only')
     try:
@@ -132,19 +139,13 @@ def stream_frames(message: bytes | str, num_quantizers: int, max_frames: int) ->
             raise BadRequest(f"{len(message) // width} frames in one message; at most {max_frames}")
         codes = np.frombuffer(message, dtype="<i2").reshape(-1, num_quantizers)
         return torch.from_numpy(codes.astype(np.int64)).T.contiguous()
-    try:
-        payload = json.loads(message)
-    except json.JSONDecodeError as err:
-        raise BadRequest(f"a text message must be JSON: {err}") from None
+    payload = _json(message, "a text message")
     kind = payload.get("type") if isinstance(payload, dict) else None
     if kind == "end":
         return None
     if kind != "codes":
         raise BadRequest('a text message is {"type": "codes", "frames": [[...], ...]} or {"type": "end"}')
-    frames = payload.get("frames")
-    if isinstance(frames, list) and len(frames) > max_frames:
-        raise BadRequest(f"{len(frames)} frames in one message; at most {max_frames}")
-    codes = _int_rows(frames, "frames", 64).T.contiguous()
+    codes = _int_rows(payload.get("frames"), "frames", max_rows=max_frames, max_columns=MAX_QUANTIZERS).T.contiguous()
     if codes.shape[0] != num_quantizers:
         raise BadRequest(f"frames of {codes.shape[0]} codes; this stream has {num_quantizers} quantizers")
     return codes
