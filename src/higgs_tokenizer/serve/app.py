@@ -166,11 +166,7 @@ class _Handlers:
 
     # ------------------------------------------------------------------ encode
     async def encode(self, request: Request) -> Response:
-        try:
-            with self._slot():
-                return await self._encode(request)
-        except Exception as err:
-            return _error_response(err)
+        return await self._bounded(self._encode, request)
 
     async def _encode(self, request: Request) -> Response:
         body = await self._body(request)
@@ -224,22 +220,21 @@ class _Handlers:
 
     # ------------------------------------------------------------------ decode
     async def decode(self, request: Request) -> Response:
+        return await self._bounded(self._decode, request)
+
+    async def _bounded(self, handler, request: Request) -> Response:
+        """`handler(request)` in one of `max_in_flight` places (else 503); any error becomes
+        its answer."""
         try:
-            with self._slot():
-                return await self._decode(request)
+            if self.in_flight >= self.max_in_flight:
+                raise Busy(f"{self.in_flight} requests are in flight, the most this server takes; try again later")
+            self.in_flight += 1
+            try:
+                return await handler(request)
+            finally:
+                self.in_flight -= 1
         except Exception as err:
             return _error_response(err)
-
-    @contextlib.contextmanager
-    def _slot(self):
-        """One of `max_in_flight` places for a request, or `Busy` (503)."""
-        if self.in_flight >= self.max_in_flight:
-            raise Busy(f"{self.in_flight} requests are in flight, the most this server takes; try again later")
-        self.in_flight += 1
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
 
     async def _decode(self, request: Request) -> Response:
         fmt = audio_format(request.query_params.get("format"), request.headers.get("accept", ""))
