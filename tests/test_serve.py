@@ -388,3 +388,22 @@ def test_a_full_queue_refuses_and_a_stopping_engine_takes_nothing(tokenizer, spe
         engine.decode(torch.zeros(8, 3, dtype=torch.long))
     with pytest.raises(Busy, match="shutting down"):
         engine.open_stream(None, None)
+
+
+def test_sigterm_with_a_stream_open_closes_it_and_exits():
+    """Open streams do not hold a shutdown up: they are closed, and the server exits 0."""
+    process = ServerProcess(fixture_dir("tiny-24k"))
+
+    async def scenario():
+        ws = await websockets.connect(f"{process.ws_url}/v1/decode/stream")
+        await ws.recv()
+        await ws.send(np.zeros((12, 8), "<i2").tobytes())
+        process.process.send_signal(signal.SIGTERM)
+        with pytest.raises(websockets.ConnectionClosed):
+            while True:
+                await asyncio.wait_for(ws.recv(), 30)
+        return ws.close_code
+
+    code = asyncio.run(scenario())
+    assert code in (1001, 1012), code  # going away, or service restart (uvicorn's)
+    assert process.stop(timeout=60) in STOPPED, process.log()
