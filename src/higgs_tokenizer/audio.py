@@ -211,14 +211,22 @@ def write_audio(path: str | os.PathLike, samples, sample_rate: int) -> Path:
 
     The file appears whole or not at all (written aside, then renamed).
     """
+    path = Path(path)
+    if path.suffix.lower() not in WRITE_FORMATS:
+        raise ValueError(f"{path}: can write {', '.join(WRITE_FORMATS)} files, not {path.suffix or 'no extension'}")
+    data = audio_file_bytes(samples, sample_rate, path.suffix.lower())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_atomic(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def audio_file_bytes(samples, sample_rate: int, suffix: str) -> bytes:
+    """The bytes of the file `write_audio` writes for `suffix` (".wav" or ".flac")."""
     import soundfile as sf
 
-    path = Path(path)
-    fmt = WRITE_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise ValueError(f"{path}: can write {', '.join(WRITE_FORMATS)} files, not {path.suffix or 'no extension'}")
+    fmt = WRITE_FORMATS[suffix]
     samples = np.asarray(samples, dtype=np.float32).reshape(-1)
     if fmt[0] == "FLAC":
         samples = np.clip(samples, -1.0, 1.0)  # integer PCM cannot hold peaks above full scale
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_atomic(path, lambda tmp: sf.write(tmp, samples, sample_rate, format=fmt[0], subtype=fmt[1]))
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, sample_rate, format=fmt[0], subtype=fmt[1])
+    return buffer.getvalue()

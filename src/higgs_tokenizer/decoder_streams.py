@@ -11,7 +11,8 @@
 This is the API a scheduler (a server) calls. Each `step` advances every stream with
 frames waiting: streams of as many quantizers share one batched call per decoder layer
 and advance by the fewest frames any of them has waiting, a stream with nothing waiting
-costs nothing, and streams join and leave between steps. Each stream's audio equals decoding its codes alone in one call.
+costs nothing, and streams join and leave between steps. Each stream's audio equals
+decoding its codes alone in one call.
 
 Latency: a sample is final once `latency_samples` of audio after it have their codes
 (the decoder's right context, 394 ms for the 24 kHz model). With `lookahead_frames`

@@ -32,7 +32,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from ..audio import AudioDecodeError, AudioTooLongError, load_audio_bytes, resample_audio, to_mono
+from ..audio import AudioDecodeError, AudioTooLongError, load_audio_bytes
 from ..codes_file import SUFFIX, CodesFileError, load_codes_bytes
 from ..version import __version__
 from .engine import Busy, Engine
@@ -214,7 +214,7 @@ class _Handlers:
             channels = pcm_samples(data, fmt, _number(params, "channels", int) or 1)
             if channels.shape[1] > self.settings.max_audio_seconds * source_rate:
                 raise AudioTooLongError(f"{name}: longer than the {self.settings.max_audio_seconds:g} s allowed")
-            return resample_audio(to_mono(channels), source_rate, rate)
+            return self.tokenizer.load((channels, source_rate))
         samples, _ = load_audio_bytes(data, rate, name=name, max_seconds=self.settings.max_audio_seconds)
         return samples
 

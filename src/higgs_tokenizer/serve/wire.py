@@ -17,12 +17,13 @@ against the limits it is given: nothing trusts a size or count that a client sen
 
 from __future__ import annotations
 
-import io
 import json
 import re
 
 import numpy as np
 import torch
+
+from ..audio import audio_file_bytes
 
 CODES_MEDIA_TYPE = "application/x-higgs-audio-codes"
 AUDIO_MEDIA_TYPES = {
@@ -73,7 +74,8 @@ def multipart_fields(body: bytes, content_type: str) -> dict[str, tuple[str | No
 
 
 def pcm_samples(data: bytes, fmt: str, channels: int) -> np.ndarray:
-    """Raw interleaved PCM → `[channels, samples]` float32 in [-1, 1]."""
+    """Raw interleaved PCM → `[channels, samples]` in its own type (int16 or float32), as
+    `HiggsAudioTokenizer.load` takes arrays (it scales, mixes and checks them)."""
     dtype = PCM_DTYPES.get(fmt)
     if dtype is None:
         raise BadRequest(f"unknown PCM format {fmt!r}; use one of {', '.join(PCM_DTYPES)}")
@@ -82,12 +84,7 @@ def pcm_samples(data: bytes, fmt: str, channels: int) -> np.ndarray:
     frame_bytes = dtype.itemsize * channels
     if not data or len(data) % frame_bytes:
         raise BadRequest(f"{len(data)} bytes of {fmt} is not a whole number of {channels}-channel samples")
-    samples = np.frombuffer(data, dtype=dtype).reshape(-1, channels).T.astype(np.float32)
-    if fmt == "pcm_s16le":
-        samples /= 32768.0
-    elif not np.isfinite(samples).all():
-        raise BadRequest("audio contains NaN or infinite samples")
-    return samples
+    return np.frombuffer(data, dtype=dtype).reshape(-1, channels).T.astype(dtype.newbyteorder("="))
 
 
 def codes_from_json(data: bytes, max_frames: int) -> tuple[torch.Tensor, int | None]:
@@ -159,16 +156,9 @@ def encode_audio(samples: torch.Tensor | np.ndarray, sample_rate: int, fmt: str)
         return samples.astype("<f4").tobytes()
     if fmt == "pcm_s16le":
         return (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
-    import soundfile as sf
-
-    buffer = io.BytesIO()
-    if fmt == "wav":
-        sf.write(buffer, samples, sample_rate, format="WAV", subtype="FLOAT")
-    elif fmt == "flac":
-        sf.write(buffer, np.clip(samples, -1.0, 1.0), sample_rate, format="FLAC", subtype="PCM_24")
-    else:
+    if fmt not in ("wav", "flac"):
         raise BadRequest(f"unknown audio format {fmt!r}; use one of {', '.join(AUDIO_MEDIA_TYPES)}")
-    return buffer.getvalue()
+    return audio_file_bytes(samples, sample_rate, "." + fmt)  # as `write_audio` writes its files
 
 
 def audio_media_type(fmt: str, sample_rate: int) -> str:
