@@ -88,15 +88,44 @@ def onednn_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     The decoder runs every conv here, so that its output does not depend on how much is
     decoded at once: a stream decoded frame by frame gets the bits of one-shot decoding.
     """
-    if x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+    if _runs_on_onednn(x):
         return torch.ops.aten.mkldnn_convolution(x, weight, bias, [padding], [1], [dilation], 1)
     return F.conv1d(x, weight, bias, padding=padding, dilation=dilation)
 
 
+def _runs_on_onednn(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+
+
+# oneDNN packs a weight for `onednn_linear` for products of at least this many rows (and is
+# told to expect as many, a hint for its choice of layout; the product is right for any
+# number). Below it, its kernel for the plain layout reads the weight faster.
+PACKED_LINEAR_ROWS = 4
+
+
+def linear_weight(owner: nn.Module, weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """`weight` (`[out, ...]`, `owner.weight` or a tensor derived from it) as the `[out, in]`
+    matrix that `onednn_linear` takes for a product with `rows` rows.
+
+    On the CPU in float32, from `PACKED_LINEAR_ROWS` rows on, the matrix is packed once into
+    oneDNN's own layout and cached on `owner` (an extra copy of the weight): oneDNN otherwise
+    repacks it on every call, a second pass over memory when a few rows meet a large weight
+    (a streamed step's conv). Measured on the 2-core CPU with the weight out of cache: 8 rows
+    against a 512 x 3584 weight, 0.53 ms packed against 0.68 ms.
+    """
+    matrix = weight.reshape(weight.shape[0], -1)
+    if rows < PACKED_LINEAR_ROWS or not _runs_on_onednn(matrix):
+        return matrix
+    return derived_tensor(
+        owner, "linear_weight", [owner.weight], lambda: torch.ops.mkldnn._reorder_linear_weight(matrix, 2 * PACKED_LINEAR_ROWS)
+    )
+
+
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """`F.linear`, on the CPU in float32 by oneDNN's matmul: for a few rows against a large
-    weight (a streamed step's conv) it reads the weight up to twice as fast as MKL's GEMM."""
-    if x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+    weight (a streamed step's conv) it reads the weight up to twice as fast as MKL's GEMM.
+    `weight` may be packed by `linear_weight`."""
+    if _runs_on_onednn(x):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .layers import onednn_conv1d, onednn_linear
+from .layers import linear_weight, onednn_conv1d, onednn_linear
 from .runtime import full_float32
 
 
@@ -235,14 +235,14 @@ def decode_step(model, plan: DecoderPlan, states: list[DecoderState], codes: tor
 def _conv(step: _Step, name: str, conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     """A 'same'-padded conv run causally: its output lags its input by its padding."""
     full = step.history(name, x, keep=2 * conv.padding[0])
-    return _causal_conv(full, conv.weight, conv.bias, conv.dilation[0])
+    return _causal_conv(full, conv, conv.weight, conv.bias, conv.dilation[0])
 
 
 def _upsample(step: _Step, name: str, conv, x: torch.Tensor) -> torch.Tensor:
     """The transposed conv as two-tap phase convs over [previous frame, new frames]."""
     full = step.history(name, x, keep=1)
     stride, batch, frames = conv.stride[0], x.shape[0], x.shape[-1]
-    phases = _causal_conv(full, conv.phase_weight(), None, 1)  # [B, (phase, out), frames]
+    phases = _causal_conv(full, conv, conv.phase_weight(), None, 1)  # [B, (phase, out), frames]
     out = phases.view(batch, stride, conv.out_channels, frames).permute(0, 2, 3, 1)
     out = out.reshape(batch, conv.out_channels, frames * stride)
     return out + conv.bias[:, None] if conv.bias is not None else out
@@ -253,7 +253,7 @@ def _residual(step: _Step, name: str, unit, x: torch.Tensor) -> torch.Tensor:
     p = unit.conv1.padding[0]
     skip = step.history(f"{name}.skip", x, keep=p)[..., : x.shape[-1]]
     branch = _conv(step, f"{name}.conv1", unit.conv1, unit.snake1(x))
-    return skip + _causal_conv(unit.snake2(branch), unit.conv2.weight, unit.conv2.bias, 1)
+    return skip + _causal_conv(unit.snake2(branch), unit.conv2, unit.conv2.weight, unit.conv2.bias, 1)
 
 
 # Output columns (batch x samples) up to which a conv runs as one matrix product. A step
@@ -264,8 +264,9 @@ def _residual(step: _Step, name: str, unit, x: torch.Tensor) -> torch.Tensor:
 MATMUL_COLUMNS = 128
 
 
-def _causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int) -> torch.Tensor:
-    """An unpadded stride-1 conv: `x` `[B, C, L]` → `[B, out, L - dilation * (K - 1)]`."""
+def _causal_conv(x: torch.Tensor, conv: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int) -> torch.Tensor:
+    """An unpadded stride-1 conv: `x` `[B, C, L]` → `[B, out, L - dilation * (K - 1)]`.
+    `weight` is `conv.weight` or derived from it."""
     out_channels, channels, taps = weight.shape
     width = x.shape[-1] - dilation * (taps - 1)
     if taps > 1 and x.shape[0] * width > MATMUL_COLUMNS:
@@ -275,5 +276,5 @@ def _causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     else:
         columns = x.unfold(-1, dilation * (taps - 1) + 1, 1)[..., ::dilation]  # [B, C, width, K]
         columns = columns.permute(0, 2, 1, 3).reshape(x.shape[0] * width, channels * taps)
-    out = onednn_linear(columns, weight.reshape(out_channels, channels * taps), bias)
+    out = onednn_linear(columns, linear_weight(conv, weight, columns.shape[0]), bias)
     return out.view(x.shape[0], width, out_channels).transpose(1, 2)
