@@ -130,6 +130,25 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return F.linear(x, weight, bias)
 
 
+def packed_conv1d(x: torch.Tensor, owner: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int):
+    """An unpadded stride-1 conv of `x` `[B, C, L]` by `weight` (`owner.weight` or a tensor
+    derived from it).
+
+    On the CPU in float32, by oneDNN's 2-D conv with the weight packed once into oneDNN's
+    layout and cached on `owner`: the 1-D conv (`onednn_conv1d`) reorders its weight on every
+    call, which costs more than the conv itself for the few columns of a streamed step.
+    A 1-frame streamed step is 5 % faster (2-core CPU).
+    """
+    if not _runs_on_onednn(x):
+        return F.conv1d(x, weight, bias, dilation=dilation)
+    mkldnn, size = torch.ops.mkldnn, [x.shape[0], x.shape[1], 1, x.shape[2]]  # the size is a hint for the layout
+    packed = derived_tensor(
+        owner, "conv_weight", [owner.weight],
+        lambda: mkldnn._reorder_convolution_weight(weight[:, :, None], [0, 0], [1, 1], [1, dilation], 1, size),
+    )
+    return mkldnn._convolution_pointwise(x[:, :, None], packed, bias, [0, 0], [1, 1], [1, dilation], 1, "none", [], "")[:, :, 0]
+
+
 class DecoderConv1d(nn.Conv1d):
     """A stride-1 conv computed by `onednn_conv1d` (the acoustic decoder's convs)."""
 

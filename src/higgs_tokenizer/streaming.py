@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .layers import linear_weight, onednn_conv1d, onednn_linear
+from .layers import linear_weight, onednn_linear, packed_conv1d
 from .runtime import full_float32
 
 
@@ -252,15 +252,19 @@ def _residual(step: _Step, name: str, unit, x: torch.Tensor) -> torch.Tensor:
     """x + branch(x), the skip delayed as much as the branch's conv delays it."""
     p = unit.conv1.padding[0]
     skip = step.history(f"{name}.skip", x, keep=p)[..., : x.shape[-1]]
-    branch = _conv(step, f"{name}.conv1", unit.conv1, unit.snake1(x))
-    return skip + _causal_conv(unit.snake2(branch), unit.conv2, unit.conv2.weight, unit.conv2.bias, 1)
+    branch = unit.snake2(_conv(step, f"{name}.conv1", unit.conv1, unit.snake1(x)))
+    if branch.shape[0] * branch.shape[-1] <= MATMUL_COLUMNS:
+        return skip + _causal_conv(branch, unit.conv2, unit.conv2.weight, unit.conv2.bias, 1)
+    # MKL's batched product costs the least at these sizes, and takes the skip as its addend.
+    out = torch.baddbmm(skip, unit.conv2.weight[..., 0].expand(branch.shape[0], -1, -1), branch)
+    return out.add_(unit.conv2.bias[:, None]) if unit.conv2.bias is not None else out
 
 
-# Output columns (batch x samples) up to which a conv runs as one matrix product. A step
-# gives the frame-rate layers few columns, where oneDNN's conv (which also reorders its
-# weights on every call) is slower; past a few hundred, the product's input copy (K times
-# the conv's) costs more than it saves (benchmarks/streaming.py, 2-core CPU). 1-tap convs
-# need no copy, and always run as products.
+# Output columns (batch x samples) up to which a conv runs as one matrix product (oneDNN's,
+# with a packed weight): a step gives the frame-rate layers few columns, where a conv is
+# slower; past that, the product's input copy (K times the conv's) costs more than it saves.
+# 64 to 512 were within 3 % of each other on the 2-core CPU; 128 was the fastest for 1- and
+# 5-frame pushes and 4 streams.
 MATMUL_COLUMNS = 128
 
 
@@ -270,7 +274,7 @@ def _causal_conv(x: torch.Tensor, conv: nn.Module, weight: torch.Tensor, bias: t
     out_channels, channels, taps = weight.shape
     width = x.shape[-1] - dilation * (taps - 1)
     if taps > 1 and x.shape[0] * width > MATMUL_COLUMNS:
-        return onednn_conv1d(x, weight, bias, dilation=dilation)
+        return packed_conv1d(x, conv, weight, bias, dilation)
     if taps == 1:
         columns = x.transpose(1, 2).reshape(x.shape[0] * width, channels)
     else:
