@@ -192,6 +192,12 @@ class UpsamplingConv1d(nn.ConvTranspose1d):
             return self._rearrange(self.weight)
         return derived_tensor(self, "phase_weight", [self.weight], lambda: self._rearrange(self.weight))
 
+    def phase_bias(self) -> torch.Tensor | None:
+        """The bias of each of `phase_weight`'s outputs: the layer's bias, once per phase."""
+        if self.bias is None:
+            return None
+        return derived_tensor(self, "phase_bias", [self.bias], lambda: self.bias.detach().repeat(self.stride[0]))
+
     def _rearrange(self, w: torch.Tensor) -> torch.Tensor:
         s = self.stride[0]
         taps = torch.stack([w[:, :, s:], w[:, :, :s]], dim=-1)  # [in, out, phase, 2]
