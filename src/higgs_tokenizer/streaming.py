@@ -9,8 +9,7 @@ delay:
 - a transposed conv with stride s and kernel 2s is, phase by phase, a causal conv
   with two taps over input frames (`UpsamplingConv1d.phase_weight`): it keeps its last
   input frame, and cropping its padding p makes its output lag by p samples;
-- a residual unit's skip is delayed by its branch conv's p: the skip is read from that
-  conv's history;
+- a residual unit's skip is delayed by its branch conv's p (a FIFO of p inputs);
 - Snake and the 1-tap convs work sample by sample and keep nothing.
 
 So each layer's output stream starts with `lead` values at negative times (its own
@@ -145,7 +144,8 @@ def new_state(model) -> DecoderState:
         buffers[f"block.{i}.conv_t1"] = zeros(block.conv_t1.in_channels, 1)
         for j, unit in enumerate(_units(block)):
             p = _symmetric_padding(unit.conv1)
-            buffers[f"block.{i}.res_unit{j + 1}"] = zeros(unit.conv1.in_channels, 2 * p)
+            buffers[f"block.{i}.res_unit{j + 1}.conv1"] = zeros(unit.conv1.in_channels, 2 * p)
+            buffers[f"block.{i}.res_unit{j + 1}.skip"] = zeros(unit.conv1.in_channels, p)
     buffers["conv2"] = zeros(decoder.conv2.in_channels, 2 * _symmetric_padding(decoder.conv2))
     return DecoderState(buffers=buffers)
 
@@ -250,13 +250,12 @@ def _upsample(step: _Step, name: str, conv, x: torch.Tensor) -> torch.Tensor:
 def _residual(step: _Step, name: str, unit, x: torch.Tensor) -> torch.Tensor:
     """x + branch(x), the skip delayed as much as the branch's conv delays it.
 
-    One history of x serves both: the conv's input is Snake of it (Snake keeps zeros, and
-    gives the same bits again for the kept values), and the skip is x from `p` values back.
+    The skip keeps a FIFO of its own rather than reading x from the conv's history: that
+    history is of Snake(x), and recomputing Snake over it costs more than the FIFO.
     """
-    conv, p = unit.conv1, unit.conv1.padding[0]
-    full = step.history(name, x, keep=2 * p)
-    skip = full[..., p : p + x.shape[-1]]
-    branch = unit.snake2(_causal_conv(unit.snake1(full), conv, conv.weight, conv.bias, conv.dilation[0]))
+    p = unit.conv1.padding[0]
+    skip = step.history(f"{name}.skip", x, keep=p)[..., : x.shape[-1]]
+    branch = unit.snake2(_conv(step, f"{name}.conv1", unit.conv1, unit.snake1(x)))
     if branch.shape[0] * branch.shape[-1] <= MATMUL_COLUMNS:
         return skip + _causal_conv(branch, unit.conv2, unit.conv2.weight, unit.conv2.bias, 1)
     # MKL's batched product costs the least at these sizes, and takes the skip as its addend.
