@@ -19,7 +19,8 @@ def derived_tensor(owner: nn.Module, name: str, sources: list[torch.Tensor], mak
     For inference: the result is a plain tensor (even when made under inference mode, so it
     may later meet autograd) and carries no gradient.
     """
-    # Inference tensors keep no version counter; their storage identifies them.
+    # Inference tensors keep no version counter; their storage identifies them (so an
+    # in-place change to one is not seen: models are made outside inference mode).
     key = tuple((t.data_ptr(), None if t.is_inference() else t._version, t.dtype, t.device) for t in sources)
     cache = owner.__dict__.setdefault("_derived_tensors", {})
     cached = cache.get(name)
