@@ -160,6 +160,26 @@ def full_size_decoder_model():
     return model
 
 
+@pytest.mark.parametrize("time_major", [True, False])
+def test_streams_in_either_memory_layout(model, codes, monkeypatch, time_major):
+    """A step keeps time-major activations on the CPU and the usual layout on GPUs: both
+    give one-shot decoding's audio (the GPU's layout checked here, on the CPU)."""
+    import higgs_tokenizer.streaming as streaming
+
+    monkeypatch.setattr(streaming, "_time_major", lambda device: time_major)
+    with torch.inference_mode():
+        reference = model.decode(codes).audio_values[:, 0]
+        for b in range(codes.shape[0]):
+            decoder, pieces = StreamingDecoder(model), []
+            for start, size in ((0, 1), (1, 3), (4, 1), (5, 32)):
+                pieces.append(decoder.push(codes[b, :, start : start + size]))
+            pieces.append(decoder.flush())
+            assert_audio_close(torch.cat(pieces), reference[b], tol=STREAM_TOL)
+        batch = StreamingDecoder(model)  # two streams in one step: the batched products
+        audio = torch.cat([batch.push(codes[:, :, :20]), batch.push(codes[:, :, 20:]), batch.flush()], dim=-1)
+        assert_audio_close(audio, reference, tol=STREAM_TOL)
+
+
 @torch.inference_mode()
 def test_full_size_stream_is_within_the_float32_floor(full_size_decoder_model):
     """At full size a stream pushed frame by frame, or in random sizes, stays within 4e-4 of
