@@ -90,7 +90,7 @@ class Engine:
         """Start the bulk worker, and the live one in a thread of its own unless the caller
         runs it (`run_live`) on the process's main thread, where it is faster: PyTorch's OpenMP
         parallel regions cost more when opened from any other thread, and a streamed step
-        opens hundreds of small ones (a 4-stream step took 23 ms on the main thread, 39 ms on
+        opens hundreds of small ones (a 4-stream step took 21 ms on the main thread, 33 ms on
         another, on the project's 2-core CPU)."""
         self._live_elsewhere = live_in_this_process_main_thread
         self._threads = [threading.Thread(target=self._run_bulk, name="higgs-bulk", daemon=True)]
