@@ -151,22 +151,25 @@ def bench_lookahead(args, model):
     """Provisional audio from fewer future frames, against the exact audio, on speech."""
     codes = speech_codes(model, args.frames)
     reference = model.decode(codes[None]).audio_values[0, 0]
-    print("| lookahead frames | latency ms | SNR against exact (dB) | max error / peak |")
-    print("| --- | --- | --- | --- |")
+    print("| lookahead frames | latency ms | SNR against exact (dB) | max error / peak | ms per 1-frame push (median) |")
+    print("| --- | --- | --- | --- | --- |")
     for lookahead in args.lookaheads:
         streams = DecoderStreams(model, lookahead_frames=lookahead)
         s = streams.add()
-        pieces = []
+        pieces, times = [], []
         for f in range(codes.shape[-1]):
             streams.push(s, codes[:, f : f + 1])
+            started = time.perf_counter()
             pieces.append(streams.step()[s])
+            times.append(time.perf_counter() - started)
         streams.end(s)
         pieces.append(streams.step()[s])
         audio = torch.cat(pieces)
         noise = (audio - reference).norm()
         snr = float("inf") if noise == 0 else float(20 * torch.log10(reference.norm() / noise))
         error = float((audio - reference).abs().max() / reference.abs().max())
-        print(f"| {lookahead} | {streams.latency_ms:.0f} | {snr:.1f} | {error:.1e} |", flush=True)
+        steady = statistics.median(times[len(times) // 4 :])
+        print(f"| {lookahead} | {streams.latency_ms:.0f} | {snr:.1f} | {error:.1e} | {1000 * steady:.1f} |", flush=True)
 
 
 def _sync() -> None:

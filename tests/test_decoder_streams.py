@@ -9,6 +9,7 @@ from test_streaming import STREAM_TOL
 
 from higgs_tokenizer import decoder_streams
 from higgs_tokenizer.decoder_streams import DecoderStreams
+from higgs_tokenizer.streaming import decode_step
 
 
 @pytest.fixture(scope="module")
@@ -133,9 +134,14 @@ def test_state_copies_are_independent_and_reset_starts_again(model):
     streams.step()
     saved = streams.state(s)
     streams.push(s, codes[:, 8:])
-    streams.step()
+    second = streams.step()[s]
     assert saved.frames == 8 and streams.frames_decoded(s) == 16
     assert saved.nbytes == streams.state(s).nbytes > 0
+    # Each copy of the saved state continues as the stream did, whatever the others did.
+    first_copy, second_copy = saved.copy(), saved.copy()
+    for state in (first_copy, second_copy, saved):
+        assert torch.equal(decode_step(model, streams.plan, [state], codes[None, :, 8:])[0], second)
+    assert first_copy.frames == 16 and streams.state(s).frames == 16
     streams.reset(s)
     other = random_codes(6, 8, 9)
     streams.push(s, other)
@@ -157,6 +163,9 @@ def test_lookahead_gives_audio_sooner(model):
             pieces.append(streams.step()[s])
             given = sum(len(p) for p in pieces)
             assert given == max((f + 1) * hop - streams.plan.latency_samples, (f + 1 - lookahead) * hop, 0)
+            if lookahead < 10 and len(pieces[-1]):  # the audio of the codes so far, as if they ended here
+                so_far = decoded_alone(model, codes[:, : f + 1])
+                assert_audio_close(pieces[-1], so_far[given - len(pieces[-1]) : given], tol=STREAM_TOL)
         streams.end(s)
         pieces.append(streams.step()[s])
         audio = torch.cat(pieces)

@@ -194,7 +194,9 @@ class DecoderStreams:
         if self.lookahead_frames == self.exact_lookahead_frames:
             return [None] * len(streams)
         copies = [s.state.copy() for s in streams]
-        return decode_step(self.model, self.plan, copies, None)
+        # Only the frames of padding that carry the output to the lookahead: fewer for more.
+        short = self.plan.latency_samples - self.lookahead_frames * self.plan.hop
+        return decode_step(self.model, self.plan, copies, None, end_frames=max(1, -(-short // self.plan.hop)))
 
     def _emit(self, stream: _Stream, exact: torch.Tensor, ahead: torch.Tensor | None) -> torch.Tensor:
         """The samples not given out yet: the new final ones, then provisional ones up to

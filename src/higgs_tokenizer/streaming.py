@@ -121,9 +121,9 @@ class DecoderState:
     ended: bool = False
 
     def copy(self) -> "DecoderState":
-        return DecoderState(
-            {k: v.clone() for k, v in self.buffers.items()}, dict(self.produced), self.frames, self.num_quantizers, self.ended
-        )
+        """An independent state. It shares the history tensors, which no step writes into
+        (a step makes new ones), so copying costs nothing per layer."""
+        return DecoderState(dict(self.buffers), dict(self.produced), self.frames, self.num_quantizers, self.ended)
 
     @property
     def nbytes(self) -> int:
@@ -204,13 +204,17 @@ def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
-def decode_step(model, plan: DecoderPlan, states: list[DecoderState], codes: torch.Tensor | None) -> list[torch.Tensor]:
+def decode_step(
+    model, plan: DecoderPlan, states: list[DecoderState], codes: torch.Tensor | None, end_frames: int | None = None
+) -> list[torch.Tensor]:
     """Advance a batch of streams by the same number of frames; each stream's new audio.
 
     `codes` `[batch, n_q, k]` (checked by the caller) are the next k frames of each
-    stream; None ends the streams instead (their last samples). A stream's audio starts
-    once its first samples are final and stops at its length; everything in between
-    equals one-shot decoding of the whole stream.
+    stream; None ends the streams instead (their last samples), by `end_frames` frames of
+    the decoder's zero padding (default `plan.end_frames`, all of them; fewer give only
+    the first of the last samples). A stream's audio starts once its first samples are
+    final and stops at its length; everything in between equals one-shot decoding of the
+    whole stream.
     """
     decoder = model.acoustic_decoder
     end = codes is None
@@ -218,7 +222,8 @@ def decode_step(model, plan: DecoderPlan, states: list[DecoderState], codes: tor
     with full_float32(model.device, model.dtype, enabled=not model.allow_tf32):
         if end:
             channels = decoder.conv1.in_channels
-            x = torch.zeros(len(states), channels, plan.end_frames, dtype=model.dtype, device=model.device)
+            frames = plan.end_frames if end_frames is None else end_frames
+            x = torch.zeros(len(states), channels, frames, dtype=model.dtype, device=model.device)
         else:
             x = model.decoder_latents(codes)
         x = step.settle("conv1", _conv(step, "conv1", decoder.conv1, x))
