@@ -138,7 +138,7 @@ def test_state_copies_are_independent_and_reset_starts_again(model):
     assert saved.frames == 8 and streams.frames_decoded(s) == 16
     assert saved.nbytes == streams.state(s).nbytes > 0
     # Each copy of the saved state continues as the stream did, whatever the others did.
-    first_copy, second_copy = saved.copy(), saved.copy()
+    first_copy, second_copy = saved.branch(), saved.copy()
     for state in (first_copy, second_copy, saved):
         assert torch.equal(decode_step(model, streams.plan, [state], codes[None, :, 8:])[0], second)
     assert first_copy.frames == 16 and streams.state(s).frames == 16

@@ -1,10 +1,13 @@
 """Chunked and streamed decoding equal one-shot decoding, whatever the chunk or push sizes:
 the incremental decoder keeps each layer's state, and gets the bits of one-shot decoding."""
 
+import copy
+import io
+
 import numpy as np
 import pytest
 import torch
-from helpers import SHARED, assert_audio_close, load_cases, load_model
+from helpers import SHARED, assert_audio_close, fixture_dir, load_cases, load_model
 
 from higgs_tokenizer import HiggsAudioV2TokenizerConfig, HiggsAudioV2TokenizerModel
 from higgs_tokenizer.decoder_streams import StreamingDecoder, decode_in_chunks
@@ -178,6 +181,25 @@ def test_streams_in_either_memory_layout(model, codes, monkeypatch, time_major):
         batch = StreamingDecoder(model)  # two streams in one step: the batched products
         audio = torch.cat([batch.push(codes[:, :, :20]), batch.push(codes[:, :, 20:]), batch.flush()], dim=-1)
         assert_audio_close(audio, reference, tol=STREAM_TOL)
+
+
+def test_a_checkpoint_loaded_in_place_reaches_the_stream(codes):
+    """The kernels' packed weights are cached on the modules; a model made under inference
+    mode (whose weights keep no version counter) and loaded in place with `load_state_dict`
+    streams with the new weights."""
+    with torch.inference_mode():
+        model = HiggsAudioV2TokenizerModel.from_pretrained(fixture_dir("tiny-24k"))
+        StreamingDecoder(model).push(codes[0, :, :20])  # fills the caches
+        changed = {k: v * 1.05 if "acoustic_decoder" in k and v.dim() == 3 else v for k, v in model.state_dict().items()}
+        model.load_state_dict(changed)
+        decoder = StreamingDecoder(model)
+        audio = torch.cat([decoder.push(codes[0, :, f : f + 1]) for f in range(codes.shape[-1])] + [decoder.flush()])
+        assert_audio_close(audio, model.decode(codes[:1]).audio_values[0, 0], tol=STREAM_TOL)
+    # The caches stay behind when the model is copied or saved whole.
+    copied = copy.deepcopy(model)
+    torch.save(model, io.BytesIO())
+    with torch.inference_mode():
+        assert torch.equal(StreamingDecoder(copied).push(codes[0]), StreamingDecoder(model).push(codes[0]))
 
 
 @torch.inference_mode()

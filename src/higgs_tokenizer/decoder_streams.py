@@ -193,7 +193,7 @@ class DecoderStreams:
         asks for it (computed on copies of the states)."""
         if self.lookahead_frames == self.exact_lookahead_frames:
             return [None] * len(streams)
-        copies = [s.state.copy() for s in streams]
+        copies = [s.state.branch() for s in streams]
         # Only the frames of padding that carry the output to the lookahead: fewer for more.
         short = self.plan.latency_samples - self.lookahead_frames * self.plan.hop
         return decode_step(self.model, self.plan, copies, None, end_frames=max(1, -(-short // self.plan.hop)))

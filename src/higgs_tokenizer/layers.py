@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -12,17 +14,30 @@ from torch import nn
 SNAKE_SLICE_ELEMENTS = 1 << 18
 
 
+# The caches live beside the modules, not in them, so that copying or pickling a module
+# leaves them behind (some are oneDNN's opaque tensors, which cannot be copied).
+_DERIVED_TENSORS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _forget_derived_tensors(module: nn.Module, *load_state_dict_args) -> None:
+    _DERIVED_TENSORS.get(module, {}).clear()
+
+
 def derived_tensor(owner: nn.Module, name: str, sources: list[torch.Tensor], make) -> torch.Tensor:
-    """`make()`, a tensor computed from `sources` (weights of `owner`), cached on `owner` until
+    """`make()`, a tensor computed from `sources` (weights of `owner`), cached for `owner` until
     one of them changes: is replaced, moved, cast or modified in place.
 
     For inference: the result is a plain tensor (even when made under inference mode, so it
     may later meet autograd) and carries no gradient.
     """
-    # Inference tensors keep no version counter; their storage identifies them (so an
-    # in-place change to one is not seen: models are made outside inference mode).
+    # Inference tensors keep no version counter; their storage identifies them. So a weight
+    # made under inference mode and changed in place there is not seen, unless by
+    # `load_state_dict`, which empties the module's cache first.
     key = tuple((t.data_ptr(), None if t.is_inference() else t._version, t.dtype, t.device) for t in sources)
-    cache = owner.__dict__.setdefault("_derived_tensors", {})
+    cache = _DERIVED_TENSORS.get(owner)
+    if cache is None:
+        cache = _DERIVED_TENSORS[owner] = {}
+        owner.register_load_state_dict_pre_hook(_forget_derived_tensors)
     cached = cache.get(name)
     if cached is None or cached[0] != key:
         with torch.inference_mode(False), torch.no_grad():
@@ -109,7 +124,7 @@ def linear_weight(owner: nn.Module, weight: torch.Tensor, rows: int) -> torch.Te
     matrix that `onednn_linear` takes for a product with `rows` rows.
 
     On the CPU in float32, from `PACKED_LINEAR_ROWS` rows on, the matrix is packed once into
-    oneDNN's own layout and cached on `owner` (an extra copy of the weight): oneDNN otherwise
+    oneDNN's own layout and cached for `owner` (an extra copy of the weight): oneDNN otherwise
     repacks it on every call, a second pass over memory when a few rows meet a large weight
     (a streamed step's conv). Measured on the 2-core CPU with the weight out of cache: 8 rows
     against a 512 x 3584 weight, 0.53 ms packed against 0.68 ms.
@@ -136,7 +151,7 @@ def packed_conv1d(x: torch.Tensor, owner: nn.Module, weight: torch.Tensor, bias:
     derived from it).
 
     On the CPU in float32, by oneDNN's 2-D conv with the weight packed once into oneDNN's
-    layout and cached on `owner`: the 1-D conv (`onednn_conv1d`) reorders its weight on every
+    layout and cached for `owner`: the 1-D conv (`onednn_conv1d`) reorders its weight on every
     call, which costs more than the conv itself for the few columns of a streamed step.
     A 1-frame streamed step is 5 % faster (2-core CPU).
     """

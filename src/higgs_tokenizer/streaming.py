@@ -121,8 +121,15 @@ class DecoderState:
     ended: bool = False
 
     def copy(self) -> "DecoderState":
-        """An independent state. It shares the history tensors, which no step writes into
-        (a step makes new ones), so copying costs nothing per layer."""
+        """An independent state, with copies of the history tensors."""
+        return DecoderState(
+            {k: v.clone() for k, v in self.buffers.items()}, dict(self.produced), self.frames, self.num_quantizers, self.ended
+        )
+
+    def branch(self) -> "DecoderState":
+        """A state to step on without disturbing this one, at no cost per layer: it shares the
+        history tensors, which no step writes into (a step makes new ones); write into
+        neither's tensors."""
         return DecoderState(dict(self.buffers), dict(self.produced), self.frames, self.num_quantizers, self.ended)
 
     @property
