@@ -64,8 +64,8 @@ def time_stream(push_fn, codes: torch.Tensor, push: int) -> tuple[list[float], l
     return times, pieces
 
 
-def new_stream(model):
-    streams = DecoderStreams(model)
+def new_stream(model, lookahead_frames: int | None = None):
+    streams = DecoderStreams(model, lookahead_frames=lookahead_frames)
     stream_id = streams.add()
 
     def push(codes):
@@ -154,16 +154,9 @@ def bench_lookahead(args, model):
     print("| lookahead frames | latency ms | SNR against exact (dB) | max error / peak | ms per 1-frame push (median) |")
     print("| --- | --- | --- | --- | --- |")
     for lookahead in args.lookaheads:
-        streams = DecoderStreams(model, lookahead_frames=lookahead)
-        s = streams.add()
-        pieces, times = [], []
-        for f in range(codes.shape[-1]):
-            streams.push(s, codes[:, f : f + 1])
-            started = time.perf_counter()
-            pieces.append(streams.step()[s])
-            times.append(time.perf_counter() - started)
-        streams.end(s)
-        pieces.append(streams.step()[s])
+        push_fn, finish, streams = new_stream(model, lookahead)
+        times, pieces = time_stream(push_fn, codes, 1)
+        pieces.append(finish())
         audio = torch.cat(pieces)
         noise = (audio - reference).norm()
         snr = float("inf") if noise == 0 else float(20 * torch.log10(reference.norm() / noise))
