@@ -55,7 +55,7 @@ def test_property_random_push_sizes_and_quantizer_counts(model):
 def test_streams_join_and_leave_and_idle_ones_cost_nothing(model, monkeypatch):
     calls = []
     real = decoder_streams.decode_step
-    monkeypatch.setattr(decoder_streams, "decode_step", lambda m, p, states, c: calls.append((len(states), c is None)) or real(m, p, states, c))
+    monkeypatch.setattr(decoder_streams, "decode_step", lambda m, p, states, c, **kw: calls.append((len(states), c is None)) or real(m, p, states, c, **kw))
     streams = DecoderStreams(model)
     a, b = streams.add(), streams.add()
     codes_a, codes_b, codes_c = random_codes(1, 8, 30), random_codes(2, 8, 10), random_codes(3, 8, 12)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .compiled_steps import CompiledSteps
 from .streaming import DecoderPlan, DecoderState, decode_step, new_state
 
 
@@ -78,6 +79,15 @@ class DecoderStreams:
         self.max_frames_per_step = max_frames_per_step
         self._streams: dict[int, _Stream] = {}
         self._ids = itertools.count()
+        self.compiled: CompiledSteps | None = None
+
+    def compile(self, batch_sizes=(1,), frames=(1,)) -> None:
+        """Compile the steady step (`compiled_steps`) now for these shapes: steps of that many
+        streams advancing that many frames then run compiled (a quarter faster for 1-frame
+        steps on a 2-core CPU), any other step eagerly. Takes seconds per shape."""
+        if self.compiled is None:
+            self.compiled = CompiledSteps(self.model)
+        self.compiled.compile(batch_sizes, frames)
 
     @property
     def exact_lookahead_frames(self) -> int:
@@ -176,7 +186,7 @@ class DecoderStreams:
             codes = torch.stack([s.take(frames) for s in streams])
             for stream in streams:
                 stream.state.num_quantizers = codes.shape[1]
-            audio = decode_step(self.model, self.plan, [s.state for s in streams], codes)
+            audio = decode_step(self.model, self.plan, [s.state for s in streams], codes, compiled=self.compiled)
             for stream_id, stream, exact, ahead in zip(ids, streams, audio, self._provisional(streams)):
                 out.setdefault(stream_id, []).append(self._emit(stream, exact, ahead))
         ending = [i for i, s in self._streams.items() if s.ending and not s.waiting and not s.state.ended]

@@ -57,8 +57,8 @@ class Snake1d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel is not None:
             return self.kernel(x, self.alpha)
-        if torch.is_grad_enabled() and (x.requires_grad or self.alpha.requires_grad):
-            return snake_reference(x, self.alpha)
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and (x.requires_grad or self.alpha.requires_grad)):
+            return snake_reference(x, self.alpha)  # one fused kernel when compiled
         inverse = derived_tensor(self, "inverse_alpha", [self.alpha], lambda: _inverse_alpha(self.alpha))
         return snake_inference(x, self.alpha, inverse)
 
@@ -205,8 +205,8 @@ class UpsamplingConv1d(nn.ConvTranspose1d):
         """`[stride × out, in, 2]`: for phase r, tap 0 reads frame q - 1 with kernel tap r + stride
         and tap 1 frame q with tap r. Cached until the weight changes, unless it is being trained."""
         if torch.is_grad_enabled() and self.weight.requires_grad:
-            return self._rearrange(self.weight)
-        return derived_tensor(self, "phase_weight", [self.weight], lambda: self._rearrange(self.weight))
+            return self.rearranged_weight(self.weight)
+        return derived_tensor(self, "phase_weight", [self.weight], lambda: self.rearranged_weight(self.weight))
 
     def phase_bias(self) -> torch.Tensor | None:
         """The bias of each of `phase_weight`'s outputs: the layer's bias, once per phase."""
@@ -214,7 +214,8 @@ class UpsamplingConv1d(nn.ConvTranspose1d):
             return None
         return derived_tensor(self, "phase_bias", [self.bias], lambda: self.bias.detach().repeat(self.stride[0]))
 
-    def _rearrange(self, w: torch.Tensor) -> torch.Tensor:
+    def rearranged_weight(self, w: torch.Tensor) -> torch.Tensor:
+        """`phase_weight` computed from `w`, the layer's weight."""
         s = self.stride[0]
         taps = torch.stack([w[:, :, s:], w[:, :, :s]], dim=-1)  # [in, out, phase, 2]
         return taps.permute(2, 1, 0, 3).reshape(s * self.out_channels, self.in_channels, 2).contiguous()

@@ -31,6 +31,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .layers import linear_weight, onednn_linear, packed_conv1d
@@ -144,6 +145,8 @@ def new_state(model) -> DecoderState:
     buffers = {}
 
     def zeros(channels: int, length: int) -> torch.Tensor:
+        if _time_major(device):  # laid out as a step leaves its buffers
+            return torch.zeros(1, length, channels, dtype=dtype, device=device).transpose(1, 2)
         return torch.zeros(1, channels, length, dtype=dtype, device=device)
 
     buffers["conv1"] = zeros(decoder.conv1.in_channels, 2 * _symmetric_padding(decoder.conv1))
@@ -157,15 +160,14 @@ def new_state(model) -> DecoderState:
     return DecoderState(buffers=buffers)
 
 
-class _Step:
-    """One batched step: the states' buffers stacked, and each layer's validity masks."""
+class _Histories:
+    """The inputs each stateful layer keeps from earlier steps, for a batch of streams.
 
-    def __init__(self, model, plan: DecoderPlan, states: list[DecoderState], end: bool):
-        self.plan, self.states, self.end = plan, states, end
-        self.buffers = {name: _stack([s.buffers[name] for s in states]) for name in states[0].buffers}
-        self.produced = {name: [s.produced.get(name, 0) for s in states] for name in plan.timing}
-        self.device = model.device
-        self.time_major = _time_major(self.device)
+    By itself it runs a steady step: one where every value of every layer stands inside
+    its stream's signal, so nothing needs zeroing (`settle`)."""
+
+    def __init__(self, buffers: dict[str, torch.Tensor], time_major: bool):
+        self.buffers, self.time_major = buffers, time_major
 
     def history(self, name: str, x: torch.Tensor, keep: int) -> torch.Tensor:
         """`x` after the inputs kept from earlier steps; keeps the last `keep` for the next."""
@@ -179,13 +181,33 @@ class _Step:
         return full.transpose(1, 2)
 
     def settle(self, name: str, y: torch.Tensor) -> torch.Tensor:
+        return y
+
+
+class _Step(_Histories):
+    """One batched step: the states' buffers stacked, and each layer's validity masks."""
+
+    def __init__(self, model, plan: DecoderPlan, states: list[DecoderState], end: bool):
+        time_major = _time_major(model.device)
+        super().__init__({name: _stack([s.buffers[name] for s in states], time_major) for name in states[0].buffers}, time_major)
+        self.plan, self.states, self.end = plan, states, end
+        self.produced = {name: [s.produced.get(name, 0) for s in states] for name in plan.timing}  # before this step
+        self.device = model.device
+
+    @property
+    def steady(self) -> bool:
+        """Whether no value of this step needs zeroing: not an end, and every layer of every
+        stream past its lead."""
+        timing = self.plan.timing
+        return not self.end and all(p >= timing[name].lead for name, counts in self.produced.items() for p in counts)
+
+    def settle(self, name: str, y: torch.Tensor) -> torch.Tensor:
         """Zero the values of layer `name`'s output that stand outside its signal: before its
         start (its lead) and, at a stream's end, past its length."""
         timing, produced = self.plan.timing[name], self.produced[name]
-        n = y.shape[-1]
-        self.produced[name] = [p + n for p in produced]
         if not self.end and all(p >= timing.lead for p in produced):
             return y
+        n = y.shape[-1]
         times = torch.tensor(produced, device=self.device)[:, None] - timing.lead + torch.arange(n, device=self.device)
         valid = times >= 0
         if self.end:
@@ -193,10 +215,12 @@ class _Step:
             valid &= times < lengths[:, None]
         return torch.where(valid[:, None, :], y, torch.zeros((), dtype=y.dtype, device=y.device))
 
-    def finish(self) -> None:
+    def finish(self, frames: int) -> None:
+        """Give each state its part of the buffers, and count the `frames` frames that each
+        layer has taken in."""
         for b, state in enumerate(self.states):
             state.buffers = {name: buf[b : b + 1] for name, buf in self.buffers.items()}
-            state.produced = {name: counts[b] for name, counts in self.produced.items()}
+            state.produced = {name: counts[b] + frames * self.plan.timing[name].rate for name, counts in self.produced.items()}
 
 
 def _time_major(device: torch.device) -> bool:
@@ -207,12 +231,23 @@ def _time_major(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
-def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
-    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+def _stack(tensors: list[torch.Tensor], time_major: bool) -> torch.Tensor:
+    """The streams' buffers as one batch, always laid out alike (a compiled step's inputs
+    must be)."""
+    if not time_major:
+        return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+    if len(tensors) == 1 and tensors[0].stride(1) == 1:
+        return tensors[0]
+    return torch.cat([t.transpose(1, 2) for t in tensors]).transpose(1, 2)
 
 
 def decode_step(
-    model, plan: DecoderPlan, states: list[DecoderState], codes: torch.Tensor | None, end_frames: int | None = None
+    model,
+    plan: DecoderPlan,
+    states: list[DecoderState],
+    codes: torch.Tensor | None,
+    end_frames: int | None = None,
+    compiled=None,
 ) -> list[torch.Tensor]:
     """Advance a batch of streams by the same number of frames; each stream's new audio.
 
@@ -221,7 +256,8 @@ def decode_step(
     the decoder's zero padding (default `plan.end_frames`, all of them; fewer give only
     the first of the last samples). A stream's audio starts once its first samples are
     final and stops at its length; everything in between equals one-shot decoding of the
-    whole stream.
+    whole stream. `compiled`: a `CompiledSteps`, which runs steady steps of the shapes it
+    has compiled.
     """
     decoder = model.acoustic_decoder
     end = codes is None
@@ -233,21 +269,17 @@ def decode_step(
             x = torch.zeros(len(states), channels, frames, dtype=model.dtype, device=model.device)
         else:
             x = model.decoder_latents(codes)
-        x = step.settle("conv1", _conv(step, "conv1", decoder.conv1, x))
-        for i, block in enumerate(decoder.block):
-            name = f"block.{i}.conv_t1"
-            x = step.settle(name, _upsample(step, name, block.conv_t1, block.snake1(x)))
-            for j, unit in enumerate(_units(block)):
-                name = f"block.{i}.res_unit{j + 1}"
-                x = step.settle(name, _residual(step, name, unit, x))
-        audio = _conv(step, "conv2", decoder.conv2, decoder.snake1(x))[:, 0]
-    timing, produced = plan.timing["conv2"], step.produced["conv2"]
-    step.produced["conv2"] = [p + audio.shape[-1] for p in produced]
-    step.finish()
+        run = compiled.step_for(x.shape[0], x.shape[-1]) if compiled is not None and step.steady else None
+        result = run(step.buffers, x) if run is not None else None
+        if result is not None:
+            audio, step.buffers = result
+        else:
+            audio = decoder_layers(decoder, step, x)
+    start_times = [p - plan.timing["conv2"].lead for p in step.produced["conv2"]]  # of audio[b, 0]
+    step.finish(x.shape[-1])
     out = []
     for b, state in enumerate(states):
-        start = produced[b] - timing.lead  # the time of audio[b, 0]
-        stop = start + audio.shape[-1]
+        start, stop = start_times[b], start_times[b] + audio.shape[-1]
         if end:
             stop = min(stop, state.frames * plan.hop)
         out.append(audio[b, max(0, -start) : max(0, stop - start)])
@@ -257,22 +289,46 @@ def decode_step(
     return out
 
 
-def _conv(step: _Step, name: str, conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+def decoder_layers(decoder, step: _Histories, x: torch.Tensor) -> torch.Tensor:
+    """The decoder's layers run causally over latents `x` `[B, C, k]` past `step`'s histories:
+    audio `[B, k * hop]`, lagging the latents by the decoder's latency."""
+    x = step.settle("conv1", _conv(step, "conv1", decoder.conv1, x))
+    for i, block in enumerate(decoder.block):
+        name = f"block.{i}.conv_t1"
+        x = step.settle(name, _upsample(step, name, block.conv_t1, block.snake1(x)))
+        for j, unit in enumerate(_units(block)):
+            name = f"block.{i}.res_unit{j + 1}"
+            x = step.settle(name, _residual(step, name, unit, x))
+    return _conv(step, "conv2", decoder.conv2, decoder.snake1(x))[:, 0]
+
+
+def steady_layers(decoder, buffers: dict[str, torch.Tensor], x: torch.Tensor, time_major: bool):
+    """A steady step as a function of tensors (what `CompiledSteps` compiles): the audio, and
+    the buffers after it."""
+    step = _Histories(dict(buffers), time_major)
+    return decoder_layers(decoder, step, x), step.buffers
+
+
+def _conv(step: _Histories, name: str, conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     """A 'same'-padded conv run causally: its output lags its input by its padding."""
     full = step.history(name, x, keep=2 * conv.padding[0])
     return _causal_conv(full, conv, conv.weight, conv.bias, conv.dilation[0])
 
 
-def _upsample(step: _Step, name: str, conv, x: torch.Tensor) -> torch.Tensor:
+def _upsample(step: _Histories, name: str, conv, x: torch.Tensor) -> torch.Tensor:
     """The transposed conv as two-tap phase convs over [previous frame, new frames]."""
     full = step.history(name, x, keep=1)
     stride, batch, frames = conv.stride[0], x.shape[0], x.shape[-1]
-    phases = _causal_conv(full, conv, conv.phase_weight(), conv.phase_bias(), 1)  # [B, (phase, out), frames]
+    if torch.compiler.is_compiling():  # computed in the graph, where freezing folds them
+        weight, bias = conv.rearranged_weight(conv.weight), None if conv.bias is None else conv.bias.repeat(stride)
+    else:
+        weight, bias = conv.phase_weight(), conv.phase_bias()
+    phases = _causal_conv(full, conv, weight, bias, 1)  # [B, (phase, out), frames]
     # Frame q's phase r is sample q * stride + r: in time-major memory, already in place.
     return phases.transpose(1, 2).reshape(batch, frames * stride, conv.out_channels).transpose(1, 2)
 
 
-def _residual(step: _Step, name: str, unit, x: torch.Tensor) -> torch.Tensor:
+def _residual(step: _Histories, name: str, unit, x: torch.Tensor) -> torch.Tensor:
     """x + branch(x), the skip delayed as much as the branch's conv delays it.
 
     The skip keeps a FIFO of its own rather than reading x from the conv's history: that
@@ -281,7 +337,7 @@ def _residual(step: _Step, name: str, unit, x: torch.Tensor) -> torch.Tensor:
     p = unit.conv1.padding[0]
     skip = step.history(f"{name}.skip", x, keep=p)[..., : x.shape[-1]]
     branch = unit.snake2(_conv(step, f"{name}.conv1", unit.conv1, unit.snake1(x)))
-    if branch.shape[0] * branch.shape[-1] <= MATMUL_COLUMNS:
+    if branch.shape[0] * branch.shape[-1] <= MATMUL_COLUMNS or torch.compiler.is_compiling():
         return skip + _causal_conv(branch, unit.conv2, unit.conv2.weight, unit.conv2.bias, 1)
     # MKL's batched product costs the least at these sizes, and takes the skip as its addend
     # (time-major: [B, samples, channels]).
@@ -303,6 +359,9 @@ def _causal_conv(x: torch.Tensor, conv: nn.Module, weight: torch.Tensor, bias: t
     `weight` is `conv.weight` or derived from it."""
     out_channels, channels, taps = weight.shape
     width = x.shape[-1] - dilation * (taps - 1)
+    if torch.compiler.is_compiling():
+        # A plain 2-D conv, which inductor hands to oneDNN with the weight packed once (freezing).
+        return F.conv2d(x[:, :, None], weight[:, :, None], bias, dilation=(1, dilation))[:, :, 0]
     if taps > 1 and x.shape[0] * width > MATMUL_COLUMNS:
         return packed_conv1d(x, conv, weight, bias, dilation)
     if taps == 1:
