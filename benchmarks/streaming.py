@@ -2,6 +2,8 @@
 
     python benchmarks/streaming.py push --frames 125               # time per push, old vs new
     python benchmarks/streaming.py streams --frames 40          # streams held in real time
+    python benchmarks/streaming.py push --frames 125 --compile     # ... and the compiled step
+    python benchmarks/streaming.py streams --frames 40 --compile   # streams held, compiled steps
     python benchmarks/streaming.py lookahead                       # error of lower latency
     python benchmarks/streaming.py streams --device cuda --counts 1 64 256 1024   # on a GPU
 
@@ -64,8 +66,14 @@ def time_stream(push_fn, codes: torch.Tensor, push: int) -> tuple[list[float], l
     return times, pieces
 
 
-def new_stream(model, lookahead_frames: int | None = None):
+def new_stream(model, lookahead_frames: int | None = None, compiled_frames: int | None = None):
+    """A stream's push and finish functions, and its DecoderStreams; with `compiled_frames`,
+    steps of that many frames run compiled."""
     streams = DecoderStreams(model, lookahead_frames=lookahead_frames)
+    if compiled_frames is not None:
+        started = time.perf_counter()
+        streams.compile(batch_sizes=(1,), frames=(compiled_frames,))
+        print(f"(compiled the {compiled_frames}-frame step in {time.perf_counter() - started:.0f} s)", flush=True)
     stream_id = streams.add()
 
     def push(codes):
@@ -94,15 +102,16 @@ def bench_push(args, model):
     print(f"latency: new {latency} samples = {streams.latency_ms:.1f} ms; old 10 frames = 400 ms; plus compute")
     print("| frames per push | engine | ms per push (median) | x one-shot cost per frame | real-time factor | max error / peak |")
     print("| --- | --- | --- | --- | --- | --- |")
+    engines = ("old", "new", "new, compiled") if args.compile else ("old", "new")
     for push in args.push:
-        for name in ("old", "new"):
+        for name in engines:
             if name == "old":
                 old = WindowedStream(model)
                 times, pieces = time_stream(old.push, codes, push)
                 tail = model.decode(old.codes[None, :, max(0, old.emitted - old.left) :]).audio_values[0, 0]
                 pieces.append(tail[(old.emitted - max(0, old.emitted - old.left)) * old.hop :])
             else:
-                push_fn, finish, _ = new_stream(model)
+                push_fn, finish, _ = new_stream(model, compiled_frames=push if name == "new, compiled" else None)
                 times, pieces = time_stream(push_fn, codes, push)
                 pieces.append(finish())
             audio = torch.cat(pieces)
@@ -125,18 +134,25 @@ def bench_streams(args, model):
     print("| streams | frames per push | ms per step (median) | audio ms per step | real time |")
     print("| --- | --- | --- | --- | --- |")
     for push in args.push:
+        engines = {count: DecoderStreams(model) for count in args.counts}
+        if args.compile:
+            started = time.perf_counter()
+            for count, streams in engines.items():
+                streams.compile(batch_sizes=(count,), frames=(push,))
+            print(f"(compiled the {push}-frame steps in {time.perf_counter() - started:.0f} s)", flush=True)
         times: dict[int, list[float]] = {count: [] for count in args.counts}
         for _ in range(args.rounds):
-            for count in args.counts:
-                streams = DecoderStreams(model)
+            for count, streams in engines.items():
                 ids = [streams.add() for _ in range(count)]
-                codes = [torch.randint(0, 1024, (8, args.frames), generator=torch.Generator().manual_seed(i)) for i in ids]
+                codes = [torch.randint(0, 1024, (8, args.frames), generator=torch.Generator().manual_seed(i)) for i in range(count)]
                 steps = []
                 for f in range(0, args.frames, push):
-                    for i in ids:
-                        streams.push(i, codes[i][:, f : f + push])
+                    for i, stream_id in enumerate(ids):
+                        streams.push(stream_id, codes[i][:, f : f + push])
                     steps.append(_timed(streams.step))
                 times[count] += steps[len(steps) // 4 :]
+                for stream_id in ids:
+                    streams.remove(stream_id)
         held = 0
         for count in sorted(args.counts):
             step = statistics.median(times[count])
@@ -188,6 +204,7 @@ def main():
     ap.add_argument("--counts", type=int, nargs="+", default=[1, 2, 4, 5, 6, 7, 8, 10])
     ap.add_argument("--rounds", type=int, default=3, help="streams: turns each count takes")
     ap.add_argument("--lookaheads", type=int, nargs="+", default=list(range(11)))
+    ap.add_argument("--compile", action="store_true", help="push: also the compiled step; streams: compiled steps only")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--precision", default="float32", help="float32 (default), tf32, bfloat16 or float16")
     args = ap.parse_args()

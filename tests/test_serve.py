@@ -128,8 +128,9 @@ def test_concurrent_encodes_share_a_batch_and_each_gets_its_codes(server, tokeni
 
 
 # ----------------------------------------------------------------------------- streams
-async def _stream(server, frames: list, fmt: str = "pcm_f32le", query: str = "") -> tuple[np.ndarray, list, tuple]:
-    """Send each message of `frames` (bytes or JSON-able), then the end; (audio, texts, close)."""
+async def _stream(server, frames: list, fmt: str = "pcm_f32le", query: str = "", pace_seconds: float = 0.0) -> tuple[np.ndarray, list, tuple]:
+    """Send each message of `frames` (bytes or JSON-able), `pace_seconds` apart, then the end;
+    (audio, texts, close)."""
     dtype = "<f4" if fmt == "pcm_f32le" else "<i2"
     async with websockets.connect(f"{server.ws_url}/v1/decode/stream?format={fmt}{query}") as ws:
         ready = json.loads(await ws.recv())
@@ -146,6 +147,7 @@ async def _stream(server, frames: list, fmt: str = "pcm_f32le", query: str = "")
         reader = asyncio.create_task(read())
         for message in frames:
             await ws.send(message if isinstance(message, bytes) else json.dumps(message))
+            await asyncio.sleep(pace_seconds)
         await ws.send(json.dumps({"type": "end"}))
         await reader
         return np.concatenate(chunks) if chunks else np.zeros(0), texts, (ws.close_code, ws.close_reason)
@@ -276,6 +278,23 @@ def test_bad_decode_requests_get_their_error(server, case):
     assert response.status_code == {"garbage_file": 422}.get(case, 400), response.text
     assert response.json()["error"]
     assert healthy(server)
+
+
+def test_compiled_steps_give_the_same_audio(tokenizer, speech):
+    """`--compile-steps`: compiled before serving, the steps of a stream fed at its pace run
+    compiled, and its audio is one-shot decoding's."""
+    samples, rate = speech
+    codes = tokenizer.encode((samples[: 2 * rate], rate))
+    expected = tokenizer.decode(codes)
+    process = ServerProcess(fixture_dir("tiny-24k"), "--compile-steps", "1", startup_seconds=300)
+    try:
+        assert "compiled the decoder's 1-frame steps of 1 to 1 streams" in process.log()
+        audio, texts, close = asyncio.run(_stream(process, _frames_binary(codes, 1), pace_seconds=0.03))
+        assert close == (1000, "") and texts == [{"type": "end", "samples": len(expected)}]
+        assert_audio_close(torch.from_numpy(audio.copy()), expected, tol=STREAM_TOL)
+        assert _metric(process, "higgs_stream_compiled_steps_total") >= 10
+    finally:
+        assert process.stop() in STOPPED, process.log()
 
 
 def test_health_and_metrics(server):

@@ -311,7 +311,7 @@ def cmd_serve(args) -> int:
     settings = ServeSettings(
         host=args.host, port=args.port, max_streams=args.max_streams, max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms, max_upload_mb=args.max_upload_mb, max_audio_seconds=args.max_audio_seconds,
-        stream_idle_seconds=args.stream_idle_seconds,
+        stream_idle_seconds=args.stream_idle_seconds, compiled_step_streams=args.compile_steps,
     )
     tokenizer = _load_tokenizer(args)
     tokenizer.batch_size = settings.max_batch
@@ -558,6 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest audio to encode, or to decode from codes (default 600)")
     p.add_argument("--stream-idle-seconds", type=float, default=30.0,
                    help="close a stream that sends nothing for this long (default 30)")
+    p.add_argument("--compile-steps", type=int, default=0, metavar="N",
+                   help="compile the decoder's steps of 1 to N streams before serving (torch.compile: faster "
+                        "steps, a minute or more to start; needs a C++ compiler on the CPU; default 0: none)")
     p.set_defaults(run=cmd_serve)
 
     p = add("evaluate", "measure what the codec does to audio files: metrics, CSV/JSON and an HTML report "

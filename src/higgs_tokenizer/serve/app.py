@@ -463,6 +463,11 @@ def run(tokenizer, settings: ServeSettings) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     app = create_app(tokenizer, settings)
+    if settings.compiled_step_streams:
+        started = time.perf_counter()
+        app.state.engine.compile_steps()
+        log.info("compiled the decoder's 1-frame steps of 1 to %d streams in %.0f s",
+                 settings.compiled_step_streams, time.perf_counter() - started)
     app.state.live_on_main_thread = True
     server = uvicorn.Server(uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level="warning", access_log=False,

@@ -30,6 +30,7 @@ from typing import Protocol
 
 import torch
 
+from ..compiled_steps import CompiledSteps
 from ..decoder_streams import DecoderStreams
 from .metrics import Metrics
 from .settings import ServeSettings
@@ -85,6 +86,13 @@ class Engine:
         self._stopping = False
         self._live_elsewhere = False
         self._threads: list[threading.Thread] = []
+        self.compiled = CompiledSteps(tokenizer.model) if settings.compiled_step_streams else None
+
+    def compile_steps(self) -> None:
+        """Compile the decoder's 1-frame steps of 1 to `compiled_step_streams` streams (before
+        serving: a live step must not wait for a compiler)."""
+        if self.compiled is not None:
+            self.compiled.compile(batch_sizes=range(1, self.settings.compiled_step_streams + 1), frames=(1,))
 
     def start(self, live_in_this_process_main_thread: bool = False) -> None:
         """Start the bulk worker, and the live one in a thread of its own unless the caller
@@ -182,6 +190,7 @@ class Engine:
                     self.tokenizer.model, lookahead_frames=lookahead, max_frames_per_step=self.settings.max_frames_per_step
                 )
             streams = engines[lookahead]
+            streams.compiled = self.compiled  # one compiled step serves every lookahead
             live[stream_id] = _LiveStream(streams, streams.add(), sink)
             return
         stream = live.get(stream_id)
@@ -204,9 +213,11 @@ class Engine:
             if not any(s.ending or streams.frames_waiting(s.inner_id) for s in members.values()):
                 continue
             decoded = {sid: streams.frames_decoded(s.inner_id) for sid, s in members.items()}
-            started = time.perf_counter()
+            started, compiled = time.perf_counter(), self.compiled.steps_run if self.compiled else 0
             out = streams.step()
             self.metrics.step_seconds.observe(time.perf_counter() - started)
+            if self.compiled and self.compiled.steps_run > compiled:
+                self.metrics.compiled_steps.inc(self.compiled.steps_run - compiled)
             with self._cond:
                 for sid, s in members.items():
                     if sid in self._waiting:
