@@ -86,6 +86,24 @@ def _check_packed_products(conv):
     )
 
 
+def test_packed_linear_op_computes_the_plain_product_and_follows_its_weight():
+    """The op a compiled streaming step calls: F.linear for any number of rows, its packed
+    weight made again when the weight changes in place, and forgotten when it is freed."""
+    torch.manual_seed(0)
+    weight, bias = torch.randn(40, 168) / 13, torch.randn(40)  # outputs of about unit size
+    with torch.inference_mode():
+        for rows in (1, layers.PACKED_LINEAR_ROWS, 8, 200):
+            x = torch.randn(rows, 168)
+            expected = F.linear(x.double(), weight.double(), bias.double()).float()
+            torch.testing.assert_close(layers.packed_linear(x, weight, bias), expected, rtol=0, atol=1e-5)
+        weight.mul_(-2)  # a normal tensor: its version counts the change
+        x = torch.randn(8, 168)
+        torch.testing.assert_close(layers.packed_linear(x, weight, None), F.linear(x, weight), rtol=0, atol=1e-5)
+    key = id(weight)
+    del weight
+    assert key not in layers._PACKED_WEIGHTS
+
+
 def test_upsampling_conv_falls_back_outside_its_pattern():
     conv = UpsamplingConv1d(4, 2, 5, stride=2, padding=1)  # kernel is not 2 × stride
     x = torch.randn(1, 4, 10)

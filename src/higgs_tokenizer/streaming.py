@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import linear_weight, onednn_linear, packed_conv1d
+from .layers import linear_weight, onednn_linear, packed_conv1d, packed_linear
 from .runtime import full_float32
 
 
@@ -359,7 +359,8 @@ def _causal_conv(x: torch.Tensor, conv: nn.Module, weight: torch.Tensor, bias: t
     `weight` is `conv.weight` or derived from it."""
     out_channels, channels, taps = weight.shape
     width = x.shape[-1] - dilation * (taps - 1)
-    if torch.compiler.is_compiling():
+    compiling = torch.compiler.is_compiling()
+    if compiling and taps > 1 and x.shape[0] * width > MATMUL_COLUMNS:
         # A plain 2-D conv, which inductor hands to oneDNN with the weight packed once (freezing).
         return F.conv2d(x[:, :, None], weight[:, :, None], bias, dilation=(1, dilation))[:, :, 0]
     if taps > 1 and x.shape[0] * width > MATMUL_COLUMNS:
@@ -369,5 +370,8 @@ def _causal_conv(x: torch.Tensor, conv: nn.Module, weight: torch.Tensor, bias: t
     else:
         columns = x.unfold(-1, dilation * (taps - 1) + 1, 1)[..., ::dilation]  # [B, C, width, K]
         columns = columns.permute(0, 2, 1, 3).reshape(x.shape[0] * width, channels * taps)
-    out = onednn_linear(columns, linear_weight(conv, weight, columns.shape[0]), bias)
+    if compiling:
+        out = packed_linear(columns, weight.reshape(out_channels, -1), bias)
+    else:
+        out = onednn_linear(columns, linear_weight(conv, weight, columns.shape[0]), bias)
     return out.view(x.shape[0], width, out_channels).transpose(1, 2)
