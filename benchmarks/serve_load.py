@@ -54,7 +54,8 @@ class Server:
         command = [sys.executable, "-m", "higgs_tokenizer.cli", "serve", "--model", str(model_dir),
                    "--port", str(self.port), *extra]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(600):
+        deadline = time.monotonic() + 900  # --compile-steps compiles before serving
+        while time.monotonic() < deadline:
             try:
                 if httpx.get(self.url + "/health", timeout=1).status_code == 200:
                     return
@@ -175,7 +176,8 @@ async def run(args, server: Server) -> None:
     steps = metrics.get("higgs_stream_step_seconds_count", 0)
     if steps:
         print(f"decoder steps: {steps:.0f}, {metrics['higgs_stream_step_streams_sum'] / steps:.2f} streams and "
-              f"{1000 * metrics['higgs_stream_step_seconds_sum'] / steps:.1f} ms each on average")
+              f"{1000 * metrics['higgs_stream_step_seconds_sum'] / steps:.1f} ms each on average, "
+              f"{metrics.get('higgs_stream_compiled_steps_total', 0):.0f} of them compiled")
     marks = [rss[0], *rss[len(rss) // 4 :: max(1, len(rss) // 4)], rss[-1]]
     print("server RSS (MiB) over time: " + ", ".join(f"{t:.0f} s: {m:.0f}" for t, m in marks))
 

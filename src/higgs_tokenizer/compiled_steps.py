@@ -4,7 +4,8 @@ A 1-frame step of one stream runs about 35 Snake activations and 37 history upda
 of a few thousand values each, between its convs; eagerly, each of their 400-odd small
 operations costs PyTorch's fixed overhead, a third of the step on a 2-core CPU.
 Compiled by inductor with the weights frozen, the elementwise work becomes a few fused
-loops, and the convs oneDNN's with weights packed once.
+loops; the convs stay oneDNN's, with weights packed once (by inductor, or for the
+few-column convs the eager step's own product, `layers.packed_linear`).
 
 Only steady steps are compiled, where no value needs zeroing (from about the 11th
 frame of a stream until its end), and only for the shapes (streams in the batch,
@@ -25,8 +26,6 @@ import warnings
 import weakref
 
 import torch
-import torch._dynamo
-import torch._inductor.config
 
 from .streaming import DecoderPlan, _time_major, decode_step, new_state, steady_layers
 
@@ -52,6 +51,11 @@ class CompiledSteps:
     def compile(self, batch_sizes=(1,), frames=(1,)) -> None:
         """Compile the step now for every pair of batch size and frames per step (a step of
         `batch` streams advancing `frames` frames each)."""
+        import torch._dynamo  # here: importing them takes about a second
+        import torch._inductor.config
+
+        if not hasattr(torch.compiler, "set_stance") or not hasattr(torch._dynamo.config, "recompile_limit"):
+            raise RuntimeError(f"compiled streaming steps need torch 2.7 or later, this is {torch.__version__}")
         shapes = {(int(b), int(k)) for b in batch_sizes for k in frames}
         if any(b < 1 or k < 1 for b, k in shapes):
             raise ValueError(f"batch sizes and frames must be positive, got {sorted(shapes)}")
