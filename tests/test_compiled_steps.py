@@ -9,7 +9,7 @@ import torch
 from helpers import assert_audio_close, load_model
 from test_streaming import STREAM_TOL
 
-from higgs_tokenizer.decoder_streams import DecoderStreams
+from higgs_tokenizer.decoder_streams import DecoderStreams, StreamingDecoder
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +98,19 @@ def test_streams_move_between_compiled_and_eager_steps(model, streams):
         pieces[stream_id].append(piece)
     assert_audio_close(torch.cat(pieces[first]), one_shot(model, codes_first), tol=STREAM_TOL)
     assert_audio_close(torch.cat(pieces[second]), one_shot(model, codes_second), tol=STREAM_TOL)
+
+
+def test_compiled_steps_are_shared_by_other_decoders(model, streams):
+    """One compilation serves many decoders of the model (a server's lookaheads, a
+    `StreamingDecoder` per utterance), and refuses those of another model."""
+    codes = random_codes(8, 30)
+    before = streams.compiled.steps_run
+    decoder = StreamingDecoder(model, compiled=streams.compiled)
+    audio = torch.cat([decoder.push(codes[:, f : f + 1]) for f in range(codes.shape[1])] + [decoder.flush()])
+    assert streams.compiled.steps_run - before >= 15
+    assert_audio_close(audio, one_shot(model, codes), tol=STREAM_TOL)
+    with pytest.raises(ValueError, match="another model"):
+        DecoderStreams(load_model("tiny-24k"), compiled=streams.compiled)
 
 
 def test_changed_weights_run_eagerly_until_compiled_again(model, streams):

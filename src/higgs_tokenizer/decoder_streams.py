@@ -61,11 +61,15 @@ class _Stream:
 
 
 class DecoderStreams:
-    def __init__(self, model, lookahead_frames: int | None = None, max_frames_per_step: int | None = None):
+    def __init__(
+        self, model, lookahead_frames: int | None = None, max_frames_per_step: int | None = None,
+        compiled: CompiledSteps | None = None,
+    ):
         """`lookahead_frames`: future frames a sample waits for before it is given out;
         None (default) or `exact_lookahead_frames` is exact, fewer gives provisional audio
         sooner. `max_frames_per_step`: frames one step takes from a stream at most (None:
-        all that wait)."""
+        all that wait). `compiled`: compiled steps to run (`compile`), shared with other
+        `DecoderStreams` of the same model."""
         self.model = model.eval()
         self.plan = DecoderPlan(model)
         exact = self.exact_lookahead_frames
@@ -79,7 +83,9 @@ class DecoderStreams:
         self.max_frames_per_step = max_frames_per_step
         self._streams: dict[int, _Stream] = {}
         self._ids = itertools.count()
-        self.compiled: CompiledSteps | None = None
+        if compiled is not None and compiled.model is not model:
+            raise ValueError("compiled steps of another model")
+        self.compiled = compiled
 
     def compile(self, batch_sizes=(1,), frames=(1,)) -> None:
         """Compile the steady step (`compiled_steps`) now for these shapes: steps of that many
@@ -240,8 +246,9 @@ class StreamingDecoder:
         play(decoder.flush())              # the rest, at the end of the stream
     """
 
-    def __init__(self, model, lookahead_frames: int | None = None):
-        self.streams = DecoderStreams(model, lookahead_frames=lookahead_frames)
+    def __init__(self, model, lookahead_frames: int | None = None, compiled: CompiledSteps | None = None):
+        """`compiled`: compiled steps (`CompiledSteps`, see `DecoderStreams.compile`) to run."""
+        self.streams = DecoderStreams(model, lookahead_frames=lookahead_frames, compiled=compiled)
         self._ids: list[int] | None = None
         self._batched: bool | None = None
         self._closed = False

@@ -312,10 +312,11 @@ class HiggsAudioTokenizer:
         out = [self._decode_one(item, chunk_frames) for item in items]
         return out[0] if single else out
 
-    def stream_decoder(self, lookahead_frames: int | None = None) -> StreamingDecoder:
+    def stream_decoder(self, lookahead_frames: int | None = None, compiled=None) -> StreamingDecoder:
         """A `StreamingDecoder`: push code frames as they arrive, get the audio that is final
-        (or, with `lookahead_frames` below 10, provisional audio sooner)."""
-        return StreamingDecoder(self.model, lookahead_frames=lookahead_frames)
+        (or, with `lookahead_frames` below 10, provisional audio sooner). `compiled`: a
+        `CompiledSteps` of this model, compiled once and shared by many decoders."""
+        return StreamingDecoder(self.model, lookahead_frames=lookahead_frames, compiled=compiled)
 
     def _decode_one(self, item, chunk_frames: int | None = None) -> torch.Tensor:
         if isinstance(item, (str, os.PathLike)):

@@ -186,11 +186,11 @@ class Engine:
         if kind == "open":
             sink, lookahead = command[2], command[3]
             if lookahead not in engines:
-                engines[lookahead] = DecoderStreams(
-                    self.tokenizer.model, lookahead_frames=lookahead, max_frames_per_step=self.settings.max_frames_per_step
+                engines[lookahead] = DecoderStreams(  # one compiled step serves every lookahead
+                    self.tokenizer.model, lookahead_frames=lookahead, max_frames_per_step=self.settings.max_frames_per_step,
+                    compiled=self.compiled,
                 )
             streams = engines[lookahead]
-            streams.compiled = self.compiled  # one compiled step serves every lookahead
             live[stream_id] = _LiveStream(streams, streams.add(), sink)
             return
         stream = live.get(stream_id)
