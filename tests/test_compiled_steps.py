@@ -3,6 +3,7 @@ decoding, a stream moving between compiled and eager steps, shapes not compiled 
 changed weights running eagerly."""
 
 import copy
+import threading
 
 import pytest
 import torch
@@ -113,6 +114,34 @@ def test_compiled_steps_are_shared_by_other_decoders(model, streams):
         DecoderStreams(load_model("tiny-24k"), compiled=streams.compiled)
 
 
+def test_decoders_in_threads_share_the_compiled_steps_safely(model, streams):
+    """torch.compile's stance is global: two threads stepping at once must neither leave it
+    refusing every other compile, nor wait for each other (one goes eager), and each gets its
+    one-shot audio."""
+    results, errors = {}, []
+
+    def decode(seed: int) -> None:
+        try:
+            for rep in range(2):
+                codes = random_codes(seed + rep, 30)
+                decoder = StreamingDecoder(model, compiled=streams.compiled)
+                audio = torch.cat([decoder.push(codes[:, f : f + 1]) for f in range(30)] + [decoder.flush()])
+                results[seed + rep] = (audio, codes)
+        except Exception as error:  # reported below, with the thread's traceback lost
+            errors.append(error)
+
+    threads = [threading.Thread(target=decode, args=(100 * k,)) for k in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    for audio, codes in results.values():
+        with torch.inference_mode():
+            assert_audio_close(audio, one_shot(model, codes), tol=STREAM_TOL)
+    assert torch.compile(lambda x: x * 2 + 1, backend="eager")(torch.ones(3)).tolist() == [3.0, 3.0, 3.0]
+
+
 def test_changed_weights_run_eagerly_until_compiled_again(model, streams):
     codes = {"a": random_codes(6, 30)}
     with torch.no_grad():
@@ -132,21 +161,29 @@ def test_changed_weights_run_eagerly_until_compiled_again(model, streams):
             model.acoustic_decoder.conv2.weight.mul_(2.0)
 
 
-def test_loading_weights_in_place_is_seen(model):
-    """Under inference mode tensors keep no version counter: load_state_dict tells."""
+def test_weight_changes_that_no_version_counter_sees():
+    """Weights made under inference mode keep no version counter: `load_state_dict` in place
+    is seen all the same (its hook), and `invalidate` covers an in-place change there."""
+    with torch.inference_mode():
+        model = copy.deepcopy(load_model("tiny-24k"))
+    assert all(p.is_inference() for p in model.acoustic_decoder.parameters())
     streams = DecoderStreams(model)
     streams.compile(batch_sizes=(1,), frames=(1,))
-    original = {k: v.clone() for k, v in model.state_dict().items()}
-    changed = dict(original, **{"acoustic_decoder.conv2.bias": original["acoustic_decoder.conv2.bias"] + 0.25})
-    try:
-        with torch.inference_mode():
-            model.load_state_dict(changed)
-        codes = {"a": random_codes(7, 20)}
+    changed = dict(model.state_dict())
+    changed["acoustic_decoder.conv2.bias"] = changed["acoustic_decoder.conv2.bias"] + 0.25
+    codes = {"a": random_codes(7, 20)}
+    with torch.inference_mode():
+        model.load_state_dict(changed)
         with pytest.warns(UserWarning, match="weights changed"):
             audio = stream_audio(streams, codes, iter(lambda: 1, None))
         assert_audio_close(audio["a"], one_shot(model, codes["a"]), tol=STREAM_TOL)
-    finally:
-        model.load_state_dict(original)
+        streams.compile(batch_sizes=(1,), frames=(1,))
+        before = streams.compiled.steps_run
+        model.acoustic_decoder.conv2.bias.add_(0.25)  # unseen: same storage, no version
+        streams.compiled.invalidate()
+        audio = stream_audio(streams, codes, iter(lambda: 1, None))
+        assert streams.compiled.steps_run == before
+        assert_audio_close(audio["a"], one_shot(model, codes["a"]), tol=STREAM_TOL)
 
 
 def test_compile_refuses_bad_shapes(model):

@@ -16,11 +16,18 @@ eager step's (the compiled kernels sum in another order), not bit for bit.
 
 Needs what inductor needs: a C++ compiler on the CPU, Triton on a GPU. The weights are
 frozen into the compiled program: a `CompiledSteps` whose model's weights change stops
-using it (with a warning) until `compile` is called again.
+using it (with a warning) until `compile` is called again. Changes that no version
+counter sees (through `.data`, or in place under inference mode on weights made under
+it) need `invalidate()`. A program, once made, stays in memory until the process ends
+(inductor keeps its frozen weights), so a model has one `CompiledSteps` (`shared`).
+
+One compiled step runs at a time in a process: torch.compile's stance is global. A step
+that finds another one running, or a compile under way, runs eagerly.
 """
 
 from __future__ import annotations
 
+import threading
 import types
 import warnings
 import weakref
@@ -30,15 +37,30 @@ import torch
 from .streaming import DecoderPlan, _time_major, decode_step, new_state, steady_layers
 
 
+# Held while a compiled program runs or compiles: `set_stance` is process-wide.
+_RUN_LOCK = threading.Lock()
+
+
+def shared(model) -> "CompiledSteps":
+    """The model's `CompiledSteps` (one per model: the programs' memory is never given back)."""
+    compiled = _SHARED.get(model)
+    if compiled is None:
+        compiled = _SHARED[model] = CompiledSteps(model)
+    return compiled
+
+
+_SHARED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 class CompiledSteps:
     """A model's steady streaming step, compiled for chosen (batch, frames) shapes."""
 
     def __init__(self, model):
-        self.model = model
+        self._model = weakref.ref(model)  # not the model itself: `shared` keys it weakly
         self.shapes: set[tuple[int, int]] = set()
-        self._function = None
+        self._function, self._code = None, None
         self._weights = None
-        self._warming: tuple[int, int] | None = None
+        self._local = threading.local()  # .warming: the shape this thread is compiling
         self.steps_run = 0  # steps that ran compiled
         # Where each weight of the decoder is, found once: walking the modules on every step
         # would cost more than the step's other checks together.
@@ -47,6 +69,13 @@ class CompiledSteps:
         # Loading weights in place (under inference mode, unseen by version counters) too.
         reference = weakref.ref(self)
         model.acoustic_decoder.register_load_state_dict_pre_hook(lambda *args: _forget_weights(reference))
+
+    @property
+    def model(self):
+        model = self._model()
+        if model is None:
+            raise RuntimeError("the model of these compiled steps is gone")
+        return model
 
     def compile(self, batch_sizes=(1,), frames=(1,)) -> None:
         """Compile the step now for every pair of batch size and frames per step (a step of
@@ -69,8 +98,12 @@ class CompiledSteps:
                 # program's parameters, which freezing folds (packs) once.
                 return steady_layers(decoder, buffers, latents, time_major)
 
-            function = types.FunctionType(step.__code__.replace(), step.__globals__, "step", None, step.__closure__)
-            self._function = torch.compile(function, dynamic=False)
+            # Globals of its own too: dynamo stores its compiled functions there.
+            function = types.FunctionType(step.__code__.replace(), dict(step.__globals__), "step", None, step.__closure__)
+            if self._function is not None:  # what can be freed of the old program
+                torch._dynamo.eval_frame.remove_from_cache(self._code)
+            self._function, self._code = torch.compile(function, dynamic=False), function.__code__
+            weakref.finalize(self, torch._dynamo.eval_frame.remove_from_cache, function.__code__)
             self._weights, self.shapes = self._weights_key(), set()
         limit = len(self.shapes) + len(shapes) + 1
         # Freezing is read from the global config when a program is made (not from options).
@@ -79,13 +112,21 @@ class CompiledSteps:
             torch._inductor.config.patch(freezing=True),
         ):
             for shape in sorted(shapes - self.shapes):
+                before = self.steps_run
                 self._warm(*shape)
+                if self.steps_run == before:
+                    raise RuntimeError(f"the streaming step of shape {shape} did not compile")
                 self.shapes.add(shape)
+
+    def invalidate(self) -> None:
+        """Stop running the compiled programs, after a change of the weights that no version
+        counter sees; `compile` makes them anew."""
+        self._weights, self.shapes = None, set()
 
     def step_for(self, batch: int, frames: int):
         """The compiled step for this shape, `(buffers, latents) -> (audio, buffers)`, or None
         when it has not been compiled (or the weights changed since)."""
-        warming = (batch, frames) == self._warming
+        warming = (batch, frames) == getattr(self._local, "warming", None)
         if (batch, frames) not in self.shapes and not warming:
             return None
         if self._weights != self._weights_key():
@@ -95,8 +136,10 @@ class CompiledSteps:
             return None
 
         def run(buffers: dict[str, torch.Tensor], latents: torch.Tensor):
-            # Never compile in a live step: an input the program was not made for (which no
-            # step should give) runs eagerly instead, and the shape is dropped.
+            # A live step never waits, and never compiles: an input the program was not made
+            # for (which no step should give) runs eagerly instead, and the shape is dropped.
+            if not _RUN_LOCK.acquire(blocking=warming):
+                return None
             try:
                 with torch.compiler.set_stance("default" if warming else "fail_on_recompile"):
                     result = self._function(buffers, latents)
@@ -106,6 +149,8 @@ class CompiledSteps:
                 warnings.warn(f"the compiled streaming step does not fit this step; it runs eagerly ({error})", stacklevel=3)
                 self.shapes.discard((batch, frames))
                 return None
+            finally:
+                _RUN_LOCK.release()
             self.steps_run += 1
             return result
 
@@ -116,14 +161,14 @@ class CompiledSteps:
         model, plan = self.model, DecoderPlan(self.model)
         states = [new_state(model) for _ in range(batch)]
         codes = torch.zeros(batch, 1, frames, dtype=torch.long, device=model.device)
-        self._warming = (batch, frames)
+        self._local.warming = (batch, frames)
         try:
             with torch.inference_mode():
                 while not _steady(plan, states):
                     decode_step(model, plan, states, codes)
                 decode_step(model, plan, states, codes, compiled=self)
         finally:
-            self._warming = None
+            self._local.warming = None
 
     def _weights_key(self) -> tuple:
         """What identifies the decoder's weights as they are now: each one's storage and

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import compiled_steps
 from .compiled_steps import CompiledSteps
 from .streaming import DecoderPlan, DecoderState, decode_step, new_state
 
@@ -90,9 +91,10 @@ class DecoderStreams:
     def compile(self, batch_sizes=(1,), frames=(1,)) -> None:
         """Compile the steady step (`compiled_steps`) now for these shapes: steps of that many
         streams advancing that many frames then run compiled (a quarter faster for 1-frame
-        steps on a 2-core CPU), any other step eagerly. Takes seconds per shape."""
+        steps on a 2-core CPU), any other step eagerly. Takes seconds per shape; the model's
+        compiled steps (`compiled_steps.shared`) are extended, and serve every decoder of it."""
         if self.compiled is None:
-            self.compiled = CompiledSteps(self.model)
+            self.compiled = compiled_steps.shared(self.model)
         self.compiled.compile(batch_sizes, frames)
 
     @property

@@ -30,7 +30,7 @@ from typing import Protocol
 
 import torch
 
-from ..compiled_steps import CompiledSteps
+from .. import compiled_steps
 from ..decoder_streams import DecoderStreams
 from .metrics import Metrics
 from .settings import ServeSettings
@@ -86,7 +86,7 @@ class Engine:
         self._stopping = False
         self._live_elsewhere = False
         self._threads: list[threading.Thread] = []
-        self.compiled = CompiledSteps(tokenizer.model) if settings.compiled_step_streams else None
+        self.compiled = compiled_steps.shared(tokenizer.model) if settings.compiled_step_streams else None
 
     def compile_steps(self) -> None:
         """Compile the decoder's 1-frame steps of 1 to `compiled_step_streams` streams (before
