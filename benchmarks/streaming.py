@@ -100,11 +100,14 @@ def bench_push(args, model):
     push_fn, finish, streams = new_stream(model)
     latency = streams.latency_samples
     print(f"latency: new {latency} samples = {streams.latency_ms:.1f} ms; old 10 frames = 400 ms; plus compute")
-    print("| frames per push | engine | ms per push (median) | x one-shot cost per frame | real-time factor | max error / peak |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| frames per push | engine | ms per push (median) | one-shot ms per frame, then | x one-shot cost per frame | real-time factor | max error / peak |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     engines = ("old", "new", "new, compiled") if args.compile else ("old", "new")
     for push in args.push:
         for name in engines:
+            # One-shot decoding timed again next to each row: this machine's speed drifts
+            # over a run, and a ratio to a figure from minutes before would carry the drift.
+            per_frame = min(_timed(lambda: model.decode(codes[None])) for _ in range(2)) / codes.shape[-1]
             if name == "old":
                 old = WindowedStream(model)
                 times, pieces = time_stream(old.push, codes, push)
@@ -117,7 +120,7 @@ def bench_push(args, model):
             audio = torch.cat(pieces)
             error = float((audio - reference).abs().max() / reference.abs().max())
             steady = statistics.median(times[len(times) // 4 :])  # past the start-up pushes
-            print(f"| {push} | {name} | {1000 * steady:.1f} | {steady / (push * per_frame):.2f} | "
+            print(f"| {push} | {name} | {1000 * steady:.1f} | {1000 * per_frame:.2f} | {steady / (push * per_frame):.2f} | "
                   f"{1000 * steady / (push * frame_ms):.3f} | {error:.1e} |", flush=True)
     _, _, streams = new_stream(model)
     print(f"state per stream: {streams.state(streams.stream_ids[0]).nbytes / 2**20:.2f} MiB")
