@@ -34,7 +34,7 @@ import weakref
 
 import torch
 
-from .streaming import DecoderPlan, _time_major, decode_step, new_state, steady_layers
+from .streaming import DecoderPlan, _time_major, decode_step, new_state, steady, steady_layers
 
 
 # Held while a compiled program runs or compiles: `set_stance` is process-wide.
@@ -102,7 +102,7 @@ class CompiledSteps:
             function = types.FunctionType(step.__code__.replace(), dict(step.__globals__), "step", None, step.__closure__)
             if self._function is not None:  # what can be freed of the old program
                 torch._dynamo.eval_frame.remove_from_cache(self._code)
-            self._function, self._code = torch.compile(function, dynamic=False), function.__code__
+            self._function, self._code = torch.compile(function, dynamic=False, fullgraph=True), function.__code__  # one program, or an error
             weakref.finalize(self, torch._dynamo.eval_frame.remove_from_cache, function.__code__)
             self._weights, self.shapes = self._weights_key(), set()
         limit = len(self.shapes) + len(shapes) + 1
@@ -164,7 +164,7 @@ class CompiledSteps:
         self._local.warming = (batch, frames)
         try:
             with torch.inference_mode():
-                while not _steady(plan, states):
+                while not steady(plan, states):
                     decode_step(model, plan, states, codes)
                 decode_step(model, plan, states, codes, compiled=self)
         finally:
@@ -175,10 +175,6 @@ class CompiledSteps:
         version, read from its module (so that a replaced weight counts too)."""
         weights = (module._parameters[name] for module, name in self._weight_places)
         return tuple((t.data_ptr(), None if t.is_inference() else t._version, t.dtype, t.device) for t in weights)
-
-
-def _steady(plan: DecoderPlan, states) -> bool:
-    return all(s.produced.get(name, 0) >= t.lead for s in states for name, t in plan.timing.items())
 
 
 def _forget_weights(reference: "weakref.ref[CompiledSteps]") -> None:

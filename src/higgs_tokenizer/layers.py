@@ -130,7 +130,9 @@ def linear_weight(owner: nn.Module, weight: torch.Tensor, rows: int) -> torch.Te
     against a 512 x 3584 weight, 0.53 ms packed against 0.68 ms.
     """
     matrix = weight.reshape(weight.shape[0], -1)
-    if rows < PACKED_LINEAR_ROWS or not _runs_on_onednn(matrix):
+    # Compiled, `onednn_linear` packs it (`packed_linear`); asked first, as dynamo cannot trace
+    # `_runs_on_onednn`.
+    if torch.compiler.is_compiling() or rows < PACKED_LINEAR_ROWS or not _runs_on_onednn(matrix):
         return matrix
     return derived_tensor(
         owner, "linear_weight", [owner.weight], lambda: torch.ops.mkldnn._reorder_linear_weight(matrix, 2 * PACKED_LINEAR_ROWS)
@@ -140,7 +142,14 @@ def linear_weight(owner: nn.Module, weight: torch.Tensor, rows: int) -> torch.Te
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """`F.linear`, on the CPU in float32 by oneDNN's matmul: for a few rows against a large
     weight (a streamed step's conv) it reads the weight up to twice as fast as MKL's GEMM.
-    `weight` may be packed by `linear_weight`."""
+    `weight` may be packed by `linear_weight`. In a compiled program, `packed_linear`: inductor
+    would otherwise hand the product to MKL."""
+    if torch.compiler.is_compiling():
+        return packed_linear(x, weight, bias)
+    return _linear(x, weight, bias)
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     if _runs_on_onednn(x):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
@@ -152,8 +161,9 @@ def packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     changes): a product that a compiled program calls as it is, where inductor would pick
     MKL's, slower for the few rows of a streamed step (a 4-stream 1-frame step: 17.6 against
     22 ms, 2-core CPU)."""
+    # `_linear`, not `onednn_linear`: a compile in another thread makes `is_compiling` true here too.
     if x.shape[0] < PACKED_LINEAR_ROWS or not _runs_on_onednn(x):
-        return onednn_linear(x, weight, bias)
+        return _linear(x, weight, bias)
     key = (weight.data_ptr(), None if weight.is_inference() else weight._version)
     cached = _PACKED_WEIGHTS.get(id(weight))
     if cached is None or cached[0] != key:
@@ -161,7 +171,7 @@ def packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
             weakref.finalize(weight, _PACKED_WEIGHTS.pop, id(weight), None)
         with torch.inference_mode(False), torch.no_grad():
             cached = _PACKED_WEIGHTS[id(weight)] = (key, torch.ops.mkldnn._reorder_linear_weight(weight, 2 * PACKED_LINEAR_ROWS))
-    return onednn_linear(x, cached[1], bias)
+    return _linear(x, cached[1], bias)
 
 
 # `packed_linear`'s packed weights, by the id of the tensor they pack (emptied when it goes).
@@ -182,6 +192,9 @@ def packed_conv1d(x: torch.Tensor, owner: nn.Module, weight: torch.Tensor, bias:
     call, which costs more than the conv itself for the few columns of a streamed step.
     A 1-frame streamed step is 5 % faster (2-core CPU).
     """
+    if torch.compiler.is_compiling():
+        # A plain 2-D conv, which inductor hands to oneDNN with the weight packed once (freezing).
+        return F.conv2d(x[:, :, None], weight[:, :, None], bias, dilation=(1, dilation))[:, :, 0]
     if not _runs_on_onednn(x):
         return F.conv1d(x, weight, bias, dilation=dilation)
     mkldnn, size = torch.ops.mkldnn, [x.shape[0], x.shape[1], 1, x.shape[2]]  # the size is a hint for the layout
@@ -231,14 +244,16 @@ class UpsamplingConv1d(nn.ConvTranspose1d):
     def phase_weight(self) -> torch.Tensor:
         """`[stride × out, in, 2]`: for phase r, tap 0 reads frame q - 1 with kernel tap r + stride
         and tap 1 frame q with tap r. Cached until the weight changes, unless it is being trained."""
-        if torch.is_grad_enabled() and self.weight.requires_grad:
-            return self.rearranged_weight(self.weight)
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and self.weight.requires_grad):
+            return self.rearranged_weight(self.weight)  # compiled: folded once by freezing
         return derived_tensor(self, "phase_weight", [self.weight], lambda: self.rearranged_weight(self.weight))
 
     def phase_bias(self) -> torch.Tensor | None:
         """The bias of each of `phase_weight`'s outputs: the layer's bias, once per phase."""
         if self.bias is None:
             return None
+        if torch.compiler.is_compiling():
+            return self.bias.repeat(self.stride[0])
         return derived_tensor(self, "phase_bias", [self.bias], lambda: self.bias.detach().repeat(self.stride[0]))
 
     def rearranged_weight(self, w: torch.Tensor) -> torch.Tensor:

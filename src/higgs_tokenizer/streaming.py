@@ -31,10 +31,9 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .layers import linear_weight, onednn_linear, packed_conv1d, packed_linear
+from .layers import linear_weight, onednn_linear, packed_conv1d
 from .runtime import full_float32
 
 
@@ -196,10 +195,8 @@ class _Step(_Histories):
 
     @property
     def steady(self) -> bool:
-        """Whether no value of this step needs zeroing: not an end, and every layer of every
-        stream past its lead."""
-        timing = self.plan.timing
-        return not self.end and all(p >= timing[name].lead for name, counts in self.produced.items() for p in counts)
+        """Whether no value of this step needs zeroing: not an end, and every stream steady."""
+        return not self.end and steady(self.plan, self.states)
 
     def settle(self, name: str, y: torch.Tensor) -> torch.Tensor:
         """Zero the values of layer `name`'s output that stand outside its signal: before its
@@ -221,6 +218,12 @@ class _Step(_Histories):
         for b, state in enumerate(self.states):
             state.buffers = {name: buf[b : b + 1] for name, buf in self.buffers.items()}
             state.produced = {name: counts[b] + frames * self.plan.timing[name].rate for name, counts in self.produced.items()}
+
+
+def steady(plan: DecoderPlan, states: list[DecoderState]) -> bool:
+    """Whether every layer of every stream is past its lead: from then on a step of frames
+    (not an end) has no value to zero."""
+    return all(s.produced.get(name, 0) >= t.lead for s in states for name, t in plan.timing.items())
 
 
 def _time_major(device: torch.device) -> bool:
@@ -319,11 +322,7 @@ def _upsample(step: _Histories, name: str, conv, x: torch.Tensor) -> torch.Tenso
     """The transposed conv as two-tap phase convs over [previous frame, new frames]."""
     full = step.history(name, x, keep=1)
     stride, batch, frames = conv.stride[0], x.shape[0], x.shape[-1]
-    if torch.compiler.is_compiling():  # computed in the graph, where freezing folds them
-        weight, bias = conv.rearranged_weight(conv.weight), None if conv.bias is None else conv.bias.repeat(stride)
-    else:
-        weight, bias = conv.phase_weight(), conv.phase_bias()
-    phases = _causal_conv(full, conv, weight, bias, 1)  # [B, (phase, out), frames]
+    phases = _causal_conv(full, conv, conv.phase_weight(), conv.phase_bias(), 1)  # [B, (phase, out), frames]
     # Frame q's phase r is sample q * stride + r: in time-major memory, already in place.
     return phases.transpose(1, 2).reshape(batch, frames * stride, conv.out_channels).transpose(1, 2)
 
@@ -359,10 +358,6 @@ def _causal_conv(x: torch.Tensor, conv: nn.Module, weight: torch.Tensor, bias: t
     `weight` is `conv.weight` or derived from it."""
     out_channels, channels, taps = weight.shape
     width = x.shape[-1] - dilation * (taps - 1)
-    compiling = torch.compiler.is_compiling()
-    if compiling and taps > 1 and x.shape[0] * width > MATMUL_COLUMNS:
-        # A plain 2-D conv, which inductor hands to oneDNN with the weight packed once (freezing).
-        return F.conv2d(x[:, :, None], weight[:, :, None], bias, dilation=(1, dilation))[:, :, 0]
     if taps > 1 and x.shape[0] * width > MATMUL_COLUMNS:
         return packed_conv1d(x, conv, weight, bias, dilation)
     if taps == 1:
@@ -370,8 +365,5 @@ def _causal_conv(x: torch.Tensor, conv: nn.Module, weight: torch.Tensor, bias: t
     else:
         columns = x.unfold(-1, dilation * (taps - 1) + 1, 1)[..., ::dilation]  # [B, C, width, K]
         columns = columns.permute(0, 2, 1, 3).reshape(x.shape[0] * width, channels * taps)
-    if compiling:
-        out = packed_linear(columns, weight.reshape(out_channels, -1), bias)
-    else:
-        out = onednn_linear(columns, linear_weight(conv, weight, columns.shape[0]), bias)
+    out = onednn_linear(columns, linear_weight(conv, weight, columns.shape[0]), bias)
     return out.view(x.shape[0], width, out_channels).transpose(1, 2)
