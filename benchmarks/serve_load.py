@@ -16,7 +16,9 @@ Reported:
   the frame that made its last sample final);
 - underruns: a player that starts at a stream's first chunk (no buffer of its own) finds
   a chunk arriving after the audio before it has finished playing; also counted for a
-  player that starts 150 ms later (a 150 ms jitter buffer);
+  player that starts 150 ms later (a 150 ms jitter buffer). With `--prebuffer-ms`, the
+  server holds each stream's first audio until it has that much, then sends it as one
+  chunk: the buffer is the server's, paid for in time to first audio;
 - the server's resident memory, every second.
 """
 
@@ -75,12 +77,13 @@ class Server:
         self.process.wait(60)
 
 
-async def stream_client(server: Server, codes: np.ndarray, latency_samples: int, phase: float, results: list) -> None:
+async def stream_client(server: Server, codes: np.ndarray, latency_samples: int, phase: float, prebuffer_ms: int,
+                        results: list) -> None:
     import websockets
 
     await asyncio.sleep(phase)
     arrivals: list[tuple[float, int]] = []  # (time, samples so far) per audio chunk
-    async with websockets.connect(f"{server.ws}/v1/decode/stream?format=pcm_s16le", max_size=None) as ws:
+    async with websockets.connect(f"{server.ws}/v1/decode/stream?format=pcm_s16le&prebuffer_ms={prebuffer_ms}", max_size=None) as ws:
         json.loads(await ws.recv())
         sent: list[float] = []
 
@@ -151,14 +154,15 @@ async def run(args, server: Server) -> None:
 
     sampler = asyncio.create_task(sample_rss())
     rng = np.random.default_rng(0)
-    tasks = [stream_client(server, codes, latency_samples, float(rng.uniform(0, FRAME_S)), stream_results)
+    tasks = [stream_client(server, codes, latency_samples, float(rng.uniform(0, FRAME_S)), args.prebuffer_ms, stream_results)
              for _ in range(args.streams)]
     tasks += [encode_client(server, clip.getvalue(), started + args.seconds, encode_times) for _ in range(args.encoders)]
     await asyncio.gather(*tasks)
     sampler.cancel()
     added = np.concatenate([r["added"] for r in stream_results])
     print(f"{args.streams} streams x {args.seconds:g} s at 25 frames/s (1 frame per message), "
-          f"{args.encoders} encode clients (5 s clips): {len(encode_times)} encodes")
+          f"{args.encoders} encode clients (5 s clips): {len(encode_times)} encodes; "
+          f"the server holds each stream's first {args.prebuffer_ms} ms of audio (prebuffer_ms)")
     print("| stream | time to first audio (ms) | chunks | added latency p50 (ms) | p99 (ms) | max (ms) | underruns, no buffer | underruns, 150 ms buffer |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for i, r in enumerate(stream_results):
@@ -198,6 +202,8 @@ def main():
     ap.add_argument("--streams", type=int, default=4)
     ap.add_argument("--encoders", type=int, default=1)
     ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--prebuffer-ms", type=int, default=0,
+                    help="the streams' prebuffer_ms: the server sends their first audio when it has this much")
     ap.add_argument("--latency-samples", type=int, default=None, help="the model's decoder latency (default 9458)")
     ap.add_argument("--server-args", nargs=argparse.REMAINDER, default=[], help="passed to higgs-tokenizer serve")
     args = ap.parse_args()

@@ -128,9 +128,10 @@ def test_concurrent_encodes_share_a_batch_and_each_gets_its_codes(server, tokeni
 
 
 # ----------------------------------------------------------------------------- streams
-async def _stream(server, frames: list, fmt: str = "pcm_f32le", query: str = "", pace_seconds: float = 0.0) -> tuple[np.ndarray, list, tuple]:
+async def _stream(server, frames: list, fmt: str = "pcm_f32le", query: str = "", pace_seconds: float = 0.0,
+                  sizes: list | None = None) -> tuple[np.ndarray, list, tuple]:
     """Send each message of `frames` (bytes or JSON-able), `pace_seconds` apart, then the end;
-    (audio, texts, close)."""
+    (audio, texts, close). `sizes` gets the samples of each audio message."""
     dtype = "<f4" if fmt == "pcm_f32le" else "<i2"
     async with websockets.connect(f"{server.ws_url}/v1/decode/stream?format={fmt}{query}") as ws:
         ready = json.loads(await ws.recv())
@@ -141,6 +142,8 @@ async def _stream(server, frames: list, fmt: str = "pcm_f32le", query: str = "",
             async for message in ws:
                 if isinstance(message, bytes):
                     chunks.append(np.frombuffer(message, dtype))
+                    if sizes is not None:
+                        sizes.append(len(chunks[-1]))
                 else:
                     texts.append(json.loads(message))
 
@@ -170,6 +173,34 @@ def test_streamed_audio_equals_one_shot_decode(server, tokenizer, speech):
     assert close[0] == 1000 and len(audio16) == len(expected)
     error = np.abs(audio16 / 32767 - np.clip(expected.numpy(), -1, 1)).max()
     assert error <= 1 / 32767 + STREAM_TOL * float(expected.abs().max())
+
+
+def test_prebuffer_holds_a_streams_first_audio_until_there_is_enough(server, tokenizer, speech):
+    """`prebuffer_ms`: the first message carries at least that much audio (a player that
+    starts with it has that margin), the rest comes as it is made, and nothing is lost."""
+    samples, rate = speech
+    codes = tokenizer.encode((samples[: 3 * rate], rate))
+    sizes = []
+    frames = _frames_binary(codes, 1)
+    audio, _, close = asyncio.run(_stream(server, frames, query="&prebuffer_ms=500", pace_seconds=0.01, sizes=sizes))
+    assert close == (1000, "") and sizes[0] >= 12000 and len(sizes) > 1  # 500 ms at 24 kHz, then the rest as made
+    assert_audio_close(torch.from_numpy(audio.copy()), tokenizer.decode(codes), tol=STREAM_TOL)
+    # A stream shorter than its prebuffer gets all of its audio when it ends.
+    sizes = []
+    audio, texts, close = asyncio.run(_stream(server, frames[:20], query="&prebuffer_ms=2000", sizes=sizes))
+    expected = tokenizer.decode(codes[:, :20])
+    assert close == (1000, "") and sizes == [len(expected)] and texts == [{"type": "end", "samples": len(expected)}]
+    assert_audio_close(torch.from_numpy(audio.copy()), expected, tol=STREAM_TOL)
+
+    async def refused(value: str):
+        async with websockets.connect(f"{server.ws_url}/v1/decode/stream?prebuffer_ms={value}") as ws:
+            with pytest.raises(websockets.ConnectionClosed):
+                await ws.recv()
+            return ws.close_code, ws.close_reason
+
+    for bad in ("-1", "2001", "soon"):
+        code, reason = asyncio.run(refused(bad))
+        assert code == 1008 and "prebuffer_ms" in reason, (code, reason)
 
 
 def test_bad_stream_messages_are_refused_and_the_stream_goes_on(server, tokenizer, speech):

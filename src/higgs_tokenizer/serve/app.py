@@ -53,6 +53,7 @@ from .wire import (
 log = logging.getLogger("higgs_tokenizer.serve")
 
 MAX_QUEUED_SECONDS = 120  # a stream's audio made and not yet sent
+MAX_PREBUFFER_MS = 2000  # a stream's first audio held back until there is this much
 WS_MAX_MESSAGE_BYTES = 1 << 20  # a stream message: at most max_frames_per_message frames, as JSON
 # WebSocket close codes (RFC 6455 and the IANA registry).
 CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_ERROR, CLOSE_TRY_AGAIN = 1000, 1001, 1008, 1011, 1013
@@ -296,6 +297,9 @@ class _Handlers:
             lookahead = _number(params, "lookahead_frames", int)
             if lookahead is not None and not 0 <= lookahead <= self.exact_lookahead:
                 raise BadRequest(f"lookahead_frames must be from 0 to {self.exact_lookahead}")
+            prebuffer_ms = _number(params, "prebuffer_ms", int) or 0
+            if not 0 <= prebuffer_ms <= MAX_PREBUFFER_MS:
+                raise BadRequest(f"prebuffer_ms must be from 0 to {MAX_PREBUFFER_MS}")
         except BadRequest as err:
             return await self._close(websocket, CLOSE_POLICY, str(err), started)
         sink = _QueueSink(asyncio.get_running_loop(), self.tokenizer.sample_rate)
@@ -303,7 +307,8 @@ class _Handlers:
             stream_id = self.engine.open_stream(sink, lookahead)
         except Busy as err:
             return await self._close(websocket, CLOSE_TRY_AGAIN, str(err), started)
-        sender = asyncio.create_task(self._send_audio(websocket, sink, fmt))
+        prebuffer = prebuffer_ms * self.tokenizer.sample_rate // 1000
+        sender = asyncio.create_task(self._send_audio(websocket, sink, fmt, prebuffer))
         try:
             await websocket.send_json({
                 "type": "ready", "sample_rate": self.tokenizer.sample_rate, "frame_rate": self.tokenizer.frame_rate,
@@ -350,25 +355,40 @@ class _Handlers:
             except Busy as err:
                 return CLOSE_POLICY, str(err)
 
-    async def _send_audio(self, websocket: WebSocket, sink: "_QueueSink", fmt: str) -> tuple[int, str]:
-        """The stream's audio to the client as it comes; (close code, reason) at its end. A
-        client that takes longer than `stream_idle_seconds` to take one message in, or lets
-        its audio pile up past `MAX_QUEUED_SECONDS`, is cut off."""
+    async def _send_audio(self, websocket: WebSocket, sink: "_QueueSink", fmt: str, prebuffer: int) -> tuple[int, str]:
+        """The stream's audio to the client as it comes, the first `prebuffer` samples in one
+        message; (close code, reason) at its end. A client that takes longer than
+        `stream_idle_seconds` to take one message in, or lets its audio pile up past
+        `MAX_QUEUED_SECONDS`, is cut off."""
         deadline = self.settings.stream_idle_seconds
+        held: list[np.ndarray] | None = []  # the first audio, until there is `prebuffer` of it
+        held_samples = 0
+
+        async def send(samples: np.ndarray) -> None:
+            await asyncio.wait_for(websocket.send_bytes(encode_audio(samples, self.tokenizer.sample_rate, fmt)), deadline)
+
         try:
             while True:
                 kind, value = await sink.queue.get()
                 if kind == "audio":
                     sink.taken(len(value))
-                    await asyncio.wait_for(websocket.send_bytes(encode_audio(value, self.tokenizer.sample_rate, fmt)), deadline)
-                elif kind == "finished":
+                    if held is not None:
+                        held.append(value)
+                        held_samples += len(value)
+                        if held_samples < prebuffer:
+                            continue
+                        value, held = np.concatenate(held), None
+                    await send(value)
+                    continue
+                if held and kind in ("finished", "failed"):  # a stream shorter than the prebuffer
+                    await send(np.concatenate(held))
+                if kind == "finished":
                     await asyncio.wait_for(websocket.send_json({"type": "end", "samples": value}), deadline)
                     return CLOSE_NORMAL, ""
-                elif kind == "overflow":
+                if kind == "overflow":
                     return CLOSE_POLICY, "the client does not read its audio"
-                else:
-                    log.error("stream failed: %s", value)
-                    return CLOSE_ERROR, f"decoding failed: {value}"
+                log.error("stream failed: %s", value)
+                return CLOSE_ERROR, f"decoding failed: {value}"
         except asyncio.TimeoutError:
             return CLOSE_POLICY, "the client does not read its audio"
         except (WebSocketDisconnect, OSError, RuntimeError):
