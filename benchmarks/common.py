@@ -14,7 +14,9 @@ them all. Without soxr (the reference environment) the recordings at other rates
 
 from __future__ import annotations
 
+import math
 import os
+import random
 import sys
 import tempfile
 import threading
@@ -46,6 +48,23 @@ def recordings(audio_dir: Path = AUDIO_DIR) -> np.ndarray:
     from higgs_tokenizer.audio import load_audio
 
     return np.concatenate([load_audio(p, SAMPLE_RATE)[0] for p in sorted(audio_dir.glob("*.wav"))])
+
+
+def corpus_mix(clips: int, shortest: float, longest: float, seed: int) -> list[np.ndarray]:
+    """Speech clips with log-uniform durations (a corpus has many more short clips than long),
+    whole frames long: what the reference's feature extractor pads a clip to, so that both
+    implementations make the same frames of it."""
+    speech = recordings()
+    rng = random.Random(seed)
+    mix = []
+    for _ in range(clips):
+        seconds = math.exp(rng.uniform(math.log(shortest), math.log(longest)))
+        n = max(1, round(seconds * SAMPLE_RATE / HOP)) * HOP
+        if n > len(speech):
+            speech = np.tile(speech, n // len(speech) + 1)
+        start = rng.randrange(0, len(speech) - n + 1)
+        mix.append(np.ascontiguousarray(speech[start : start + n], dtype=np.float32))
+    return mix
 
 
 def speech(audio_dir: Path, seconds: float, seed: int) -> torch.Tensor:

@@ -1,26 +1,31 @@
-"""Throughput of tokenize-dataset: items/s and audio hours per hour, local engine and local Ray.
+"""Throughput of tokenize-dataset: items/s and audio hours per hour, local engine and local Ray,
+beside the model alone on the same clips.
 
     python benchmarks/corpus.py [--clips 24] [--model DIR ...] [--engines local ray]
+    python benchmarks/corpus.py --clips 128 --longest 20 --model DIR --engines local --device cuda
 
-Builds a corpus of speech clips (1-5 s, from ../shared/audio) as WAV files, then
-tokenizes it with each model and engine into a fresh output directory and
-reports the wall time of the whole job (listing, worker and Ray start-up,
-decoding, encoding, writing). Default models: the tiny fixture and the
-benchmarks' full-size model (common.py; made on first use).
+Builds a corpus of speech clips (`--shortest` to `--longest` s, log-uniform, from
+../shared/audio: common.corpus_mix) as WAV files, then tokenizes it with each model and
+engine into a fresh output directory and reports the wall time of the whole job
+(listing, worker and Ray start-up, decoding, encoding, writing). "model only" is the
+same clips, already in memory, encoded by `HiggsAudioTokenizer.encode_clips` with the
+same settings (after a warm-up pass): what the job would reach if reading, decoding and
+writing cost nothing. Default models: the tiny fixture and the benchmarks' full-size
+model (common.py; made on first use).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import random
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import soundfile as sf
-from common import SHARED, WORK_DIR, prepare_model_and_inputs, recordings
+import torch
+from common import SAMPLE_RATE, SHARED, WORK_DIR, corpus_mix, prepare_model_and_inputs
 
 from higgs_tokenizer.dataset import tokenize_dataset
 from higgs_tokenizer.tokenizer import HiggsAudioTokenizer
@@ -28,42 +33,61 @@ from higgs_tokenizer.tokenizer import HiggsAudioTokenizer
 BENCHMARK_MODEL = WORK_DIR / "model"
 
 
-def make_corpus(root: Path, clips: int, seed: int = 0) -> float:
-    speech = recordings()
-    rng = random.Random(seed)
-    total = 0
-    for i in range(clips):
-        n = int(rng.uniform(1, 5) * 24000)
-        start = rng.randrange(0, len(speech) - n)
+def make_corpus(root: Path, clips: list) -> None:
+    for i, clip in enumerate(clips):
         path = root / f"speaker{i % 4}" / f"clip{i:04d}.wav"
         path.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(path, speech[start : start + n], 24000)
-        total += n
-    return total / 24000
+        sf.write(path, clip, SAMPLE_RATE, subtype="FLOAT")  # the samples as they are: the same codes as in memory
+
+
+def model_only_seconds(tokenizer: HiggsAudioTokenizer, clips: list) -> float:
+    """Wall time of encoding the clips in memory, after a warm-up pass."""
+    tokenizer.encode_clips(clips)
+    sync = torch.cuda.synchronize if tokenizer.model.device.type == "cuda" else (lambda: None)
+    sync()
+    started = time.perf_counter()
+    tokenizer.encode_clips(clips)
+    sync()
+    return time.perf_counter() - started
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", type=int, default=24)
+    ap.add_argument("--shortest", type=float, default=1.0)
+    ap.add_argument("--longest", type=float, default=5.0)
     ap.add_argument("--model", nargs="+", default=[str(SHARED / "fixtures" / "tiny-24k"), str(BENCHMARK_MODEL)])
     ap.add_argument("--engines", nargs="+", choices=("local", "ray"), default=["local", "ray"])
     ap.add_argument("--shard-size", type=int, default=8)
+    ap.add_argument("--device", default=None, help="the model's device (default: the library's)")
+    ap.add_argument("--precision", default=None)
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--batch-seconds", type=float, default=None)
     args = ap.parse_args()
     if str(BENCHMARK_MODEL) in args.model:
         prepare_model_and_inputs()
 
     work = Path(tempfile.mkdtemp(prefix="corpus-bench-"))
-    seconds = make_corpus(work / "corpus", args.clips)
-    print(f"corpus: {args.clips} clips, {seconds:.1f} s of audio; {os.cpu_count()} CPUs\n")
+    clips = corpus_mix(args.clips, args.shortest, args.longest, seed=0)
+    make_corpus(work / "corpus", clips)
+    seconds = sum(map(len, clips)) / SAMPLE_RATE
+    settings = {"device": args.device, "precision": args.precision, "batch_size": args.batch_size,
+                "batch_seconds": args.batch_seconds}
+    print(f"corpus: {args.clips} clips of {args.shortest:g}-{args.longest:g} s, {seconds:.1f} s of audio; "
+          f"{os.cpu_count()} CPUs; " + ", ".join(f"{k} {v}" for k, v in settings.items() if v is not None) + "\n")
     print("| model | engine | wall s | items/s | audio h per h |")
     print("|---|---|---|---|---|")
     for model in args.model:
         label = Path(model).name if "fixtures" in model else "full size"
+        tokenizer = HiggsAudioTokenizer.from_pretrained(model, **settings)
+        with torch.inference_mode():
+            wall = model_only_seconds(tokenizer, clips)
+        print(f"| {label} | model only | {wall:.1f} | {args.clips / wall:.2f} | {seconds / wall:.2f} |", flush=True)
         for engine in args.engines:
             output = work / f"out-{label}-{engine}"
             started = time.perf_counter()
             if engine == "local":
-                tokenizer = HiggsAudioTokenizer.from_pretrained(model)
+                tokenizer = HiggsAudioTokenizer.from_pretrained(model, **settings)
                 manifest = tokenize_dataset(work / "corpus", output, tokenizer, shard_size=args.shard_size, progress=False)
             else:
                 import ray
@@ -71,7 +95,9 @@ def main() -> int:
                 from higgs_tokenizer.dataset.ray_engine import tokenize_dataset_ray
 
                 ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-                manifest = tokenize_dataset_ray(work / "corpus", output, model, shard_size=args.shard_size, progress=False)
+                gpus = 1.0 if (args.device or "").startswith("cuda") else 0.0
+                manifest = tokenize_dataset_ray(work / "corpus", output, model, shard_size=args.shard_size, progress=False,
+                                                gpus_per_actor=gpus, **settings)
                 ray.shutdown()
             wall = time.perf_counter() - started
             assert manifest["counts"]["encoded"] == args.clips, manifest["counts"]

@@ -181,3 +181,25 @@ def test_benchmark_runs_end_to_end(tmp_path, monkeypatch):
     audio = saved.pop("audio")  # its own first codes decoded, for comparing dtypes
     assert audio.dim() == 1 and audio.abs().max() > 0
     assert len(saved) == 17 and all(c.shape[0] == 8 for c in saved.values())
+
+
+def test_throughput_benchmark_runs_end_to_end(tmp_path, monkeypatch):
+    """The corpus-mix benchmark on the tiny model: a row per precision and batching, every
+    batching's float32 codes those of the first (exact batches), whole-frame clips."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import common
+    import throughput
+
+    mix = common.corpus_mix(5, 1, 3, seed=1)
+    assert all(len(clip) % common.HOP == 0 and 1 * 24000 - 480 <= len(clip) <= 3 * 24000 + 480 for clip in mix)
+    output = tmp_path / "throughput.md"
+    throughput.main([
+        "--model", str(fixture_dir("tiny-24k")), "--device", "cpu", "--clips", "5", "--longest", "3",
+        "--batch-sizes", "1", "3", "--batch-seconds", "4", "--precisions", "float32", "bfloat16",
+        "--reference", "no", "--quality", "--output", str(output),
+    ])
+    rows = [line.split(" | ") for line in output.read_text().splitlines() if line.startswith("| ours")]
+    assert [(r[1], r[2]) for r in rows] == [(p, b) for p in ("float32", "bfloat16") for b in ("1 clips", "3 clips", "4 s of audio")]
+    assert all(r[7] == "100.00 % / 100.00 %" for r in rows[:3])
+    assert [r[5] for r in rows[:3]] == ["5", "2", "4"]  # model calls: one a clip, 3 + 2, and by the 4 s budget
+    assert float(rows[0][8].rstrip(" |")) > 0 and rows[1][8].rstrip(" |") == "-"  # quality with the first batching
