@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The GPU figures that the open issues ask for, in one run on a lent device (the device
+# tool runs one command on a copy of this checkout; ../shared does not travel, and the
+# machine lacks soundfile, soxr and the server's packages):
+#
+#   bash benchmarks/gpu_session.sh prepare    # here, once: .gpu/ (wheels, ../shared's audio and configs)
+#   bash benchmarks/gpu_session.sh run        # there: the device tool's run, carry [".gpu"]
+#
+# `run` writes one report per benchmark under $OUT (at most 8 files come back):
+#   throughput.md  encoding over a corpus mix per precision and batching, memory per call,
+#                  code agreement, quality; the reference beside it (benchmarks/throughput.py)
+#   streams.md     batched 1-frame and 5-frame decoder steps, 1 to 1024 streams (streaming.py)
+#   corpus.md      tokenize-dataset end to end against the model alone on the same clips
+#   serve.md       the server's streams at real-time pace with an encoding client
+# Each step has its own time limit, so that one slow step cannot cost the others. To try
+# the flow without a GPU: DEVICE=cpu QUICK=1 PYTHON=.venv/bin/python bash benchmarks/gpu_session.sh run
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+case "${1:-}" in
+prepare)
+    shared=${HIGGS_SHARED_DIR:-../shared}
+    grep -qx '/.gpu/' .git/info/exclude || echo '/.gpu/' >> .git/info/exclude
+    rm -rf .gpu && mkdir -p .gpu/whl .gpu/shared
+    cp -r "$shared/audio" "$shared/reference" .gpu/shared/
+    # The device's Python is 3.12; the names are what its image lacks (soundfile needs cffi).
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        -d .gpu/whl soundfile soxr cffi pycparser starlette uvicorn websockets || exit 1
+    du -sh .gpu
+    ;;
+run)
+    [ -d .gpu/whl ] || { echo "no .gpu/: run 'prepare' here first, and carry .gpu"; exit 1; }
+    device=${DEVICE:-cuda} python=${PYTHON:-python3}
+    if [ "$device" = cuda ]; then
+        "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl || exit 1
+        export PYTHONPATH=/tmp/site:$PWD/src
+    else
+        export PYTHONPATH=$PWD/src
+    fi
+    export HIGGS_SHARED_DIR=$PWD/.gpu/shared PYTHONUNBUFFERED=1
+    out=${OUT:-/tmp/gpu-session} && mkdir -p "$out"
+    if [ -n "${QUICK:-}" ]; then  # a check of the flow: the tiny model, a few seconds a step
+        model=$PWD/../shared/fixtures/tiny-24k; mix=(--clips 6 --longest 3); counts=(1 4); load=(--streams 2 --seconds 5)
+    else
+        model=""; mix=(--clips 128 --longest 20); counts=(1 16 64 256 512 1024); load=(--streams 64 --seconds 30)
+    fi
+    step() {  # name, time limit (s), then the benchmark and its arguments
+        local name=$1 limit=$2; shift 2
+        echo "== $name ($(date -u +%T))"
+        timeout "$limit" "$python" "$@" > "$out/$name.md" 2>&1
+        echo "exit $? after $SECONDS s in all"; tail -n 40 "$out/$name.md"
+    }
+    "$python" -c "import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
+    # The benchmarks' full-size model with random weights, made once (seeded) for every step.
+    [ -n "$model" ] || model=$("$python" -c "import sys; sys.path.insert(0, 'benchmarks'); from common import prepare_model_and_inputs as p; print(p()[0])")
+    step throughput 170 benchmarks/throughput.py --model "$model" --device "$device" "${mix[@]}" --quality
+    step streams 120 benchmarks/streaming.py streams --model "$model" --device "$device" --counts "${counts[@]}" --frames 40
+    step corpus 100 benchmarks/corpus.py --model "$model" --engines local --device "$device" "${mix[@]}" --batch-seconds 320
+    step serve 90 benchmarks/serve_load.py --model "$model" --encoders 1 "${load[@]}" --server-args --device "$device"
+    ;;
+*)
+    echo "usage: bash benchmarks/gpu_session.sh prepare|run"; exit 2
+    ;;
+esac
