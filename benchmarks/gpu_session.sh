@@ -9,10 +9,14 @@
 # `run` writes one report per benchmark under $OUT (at most 8 files come back):
 #   throughput.md  encoding over a corpus mix per precision and batching, memory per call,
 #                  code agreement, quality; the reference beside it (benchmarks/throughput.py)
+#   workspace.md   float32 again with cuDNN's workspace capped (CUDNN_CONV_WSCAP_DBG): is
+#                  that what the largest calls' memory is?
+#   profile.md     encode and decode time per part against the card's rates (profile_parts.py)
 #   streams.md     batched 1-frame and 5-frame decoder steps, 1 to 1024 streams (streaming.py)
 #   corpus.md      tokenize-dataset end to end against the model alone on the same clips
 #   serve.md       the server's streams at real-time pace with an encoding client
-# Each step has its own time limit, so that one slow step cannot cost the others. To try
+# Each step has its own time limit (about 9 minutes in all, with the model's making), so
+# that one slow step cannot cost the others; STEPS="streams serve" runs only those. To try
 # the flow without a GPU: DEVICE=cpu QUICK=1 PYTHON=.venv/bin/python bash benchmarks/gpu_session.sh run
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -54,10 +58,20 @@ run)
     "$python" -c "import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
     # The benchmarks' full-size model with random weights, made once (seeded) for every step.
     [ -n "$model" ] || model=$("$python" -c "import sys; sys.path.insert(0, 'benchmarks'); from common import prepare_model_and_inputs as p; print(p()[0])")
-    step throughput 170 benchmarks/throughput.py --model "$model" --device "$device" "${mix[@]}" --quality
-    step streams 120 benchmarks/streaming.py streams --model "$model" --device "$device" --counts "${counts[@]}" --frames 40
-    step corpus 100 benchmarks/corpus.py --model "$model" --engines local --device "$device" "${mix[@]}" --batch-seconds 320
-    step serve 90 benchmarks/serve_load.py --model "$model" --encoders 1 "${load[@]}" --server-args --device "$device"
+    steps=" ${STEPS:-throughput workspace profile streams corpus serve} "
+    case $steps in *" throughput "*)
+        step throughput 150 benchmarks/throughput.py --model "$model" --device "$device" "${mix[@]}" --quality ;; esac
+    case $steps in *" workspace "*)  # is the float32 peak cuDNN's workspace? the same batches with it capped at 1 GiB
+        CUDNN_CONV_WSCAP_DBG=1024 step workspace 50 benchmarks/throughput.py --model "$model" --device "$device" \
+            "${mix[@]}" --precisions float32 --batch-sizes 8 32 --batch-seconds --reference no ;; esac
+    case $steps in *" profile "*)
+        step profile 45 benchmarks/profile_parts.py --model "$model" --device "$device" ;; esac
+    case $steps in *" streams "*)
+        step streams 100 benchmarks/streaming.py streams --model "$model" --device "$device" --counts "${counts[@]}" --frames 40 ;; esac
+    case $steps in *" corpus "*)
+        step corpus 80 benchmarks/corpus.py --model "$model" --engines local --device "$device" "${mix[@]}" --batch-seconds 320 ;; esac
+    case $steps in *" serve "*)
+        step serve 75 benchmarks/serve_load.py --model "$model" --encoders 1 "${load[@]}" --server-args --device "$device" ;; esac
     ;;
 *)
     echo "usage: bash benchmarks/gpu_session.sh prepare|run"; exit 2

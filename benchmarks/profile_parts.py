@@ -1,13 +1,16 @@
 """Where encode and decode time goes, part by part, against each part's own ceiling.
 
     python benchmarks/profile_parts.py [--seconds 10] [--model DIR]
+    python benchmarks/profile_parts.py --device cuda [--precision bfloat16]
 
 Times every conv, linear, attention and Snake call of one encode and one
 decode (after a warm-up) with forward hooks, groups them by part, and prints
 per part: time, GFLOP (or MB moved for the elementwise Snake), the rate
 achieved and its fraction of the yardstick: a 2048² float32 matrix product
 for arithmetic, a large tensor copy for memory traffic. The model is the
-benchmarks' (common.py; made on first use), or `--model DIR`.
+benchmarks' (common.py; made on first use), or `--model DIR`. On a GPU each call is
+timed by CUDA events, so that nothing waits inside the model, and the yardsticks are the
+same product and copy on the GPU in the model's dtype.
 """
 
 from __future__ import annotations
@@ -57,27 +60,53 @@ def work(module: torch.nn.Module, inputs, output) -> tuple[float, float]:
     return 2.0 * output.numel() * module.in_features, 0.0
 
 
-def copy_bandwidth() -> float:
+def copy_bandwidth(device: torch.device) -> float:
     """GB/s of a 256 MB copy, bytes read and written."""
-    src = torch.randn(64 * 2**20)
+    src = torch.randn(64 * 2**20, device=device)
     dst = torch.empty_like(src)
-    best = float("inf")
+    clock, best = Clock(device), float("inf")
     for _ in range(5):
-        started = time.perf_counter()
+        start = clock.mark()
         dst.copy_(src)
-        best = min(best, time.perf_counter() - started)
+        best = min(best, clock.seconds(start, clock.mark()))
     return 2 * src.numel() * 4 / best / 1e9
+
+
+class Clock:
+    """Marks in time: the CPU's clock, or on a GPU CUDA events (read once the work is done)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def mark(self):
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def seconds(self, start, end) -> float:
+        if not self.cuda:
+            return end - start
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=None, help="checkpoint directory (default: the benchmarks' model)")
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default=None, help="float32 (default), tf32, bfloat16 or float16")
     args = ap.parse_args()
 
-    model = HiggsAudioV2TokenizerModel.from_pretrained(args.model or prepare_model_and_inputs()[0])
+    device = torch.device(args.device)
+    model = HiggsAudioV2TokenizerModel.from_pretrained(args.model or prepare_model_and_inputs()[0], device=device,
+                                                       precision=args.precision)
+    dtype, clock = next(model.parameters()).dtype, Clock(device)
     totals: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0, 0.0])
-    started: dict[int, float] = {}
+    calls: list[tuple[str, object, object]] = []  # (part, start, end): read when the op is done
+    started: dict[int, object] = {}
     leaves = (Snake1d, SelfAttention, torch.nn.Conv1d, torch.nn.ConvTranspose1d, torch.nn.Linear)
     for name, module in model.named_modules():
         if not isinstance(module, leaves) or (isinstance(module, torch.nn.Linear) and ".attention." in name):
@@ -85,11 +114,11 @@ def main() -> int:
         part = part_of(name, module)
 
         def pre(mod, inputs, key=id(module)):
-            started[key] = time.perf_counter()
+            started[key] = clock.mark()
 
         def post(mod, inputs, output, key=id(module), part=part):
+            calls.append((part, started[key], clock.mark()))
             entry = totals[part]
-            entry[0] += time.perf_counter() - started[key]
             flop, moved = work(mod, inputs, output)
             entry[1] += flop
             entry[2] += moved
@@ -97,17 +126,23 @@ def main() -> int:
         module.register_forward_pre_hook(pre)
         module.register_forward_hook(post)
     x = (torch.randn(1, 1, int(args.seconds * model.config.sample_rate), generator=torch.Generator().manual_seed(0)) * 0.1)
+    x = x.to(device, dtype)
     with torch.inference_mode():
         codes = model.encode(x).audio_codes
         model.decode(codes)
         results = {}
         for op, fn in (("encode", lambda: model.encode(x)), ("decode", lambda: model.decode(codes))):
             totals.clear()
-            begun = time.perf_counter()
+            calls.clear()
+            begun = clock.mark()
             fn()
-            results[op] = (time.perf_counter() - begun, {k: list(v) for k, v in totals.items()})
-    peak, bandwidth = matmul_peak(torch.device("cpu"), torch.float32), copy_bandwidth()
-    print(f"yardsticks: matmul {peak:.0f} GFLOP/s, copy {bandwidth:.1f} GB/s; {torch.get_num_threads()} threads; {args.seconds:g} s of audio\n")
+            total = clock.seconds(begun, clock.mark())
+            for part, start, end in calls:
+                totals[part][0] += clock.seconds(start, end)
+            results[op] = (total, {k: list(v) for k, v in totals.items()})
+    peak, bandwidth = matmul_peak(device, dtype), copy_bandwidth(device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"yardsticks: matmul {peak:.0f} GFLOP/s ({dtype}), copy {bandwidth:.1f} GB/s; {where}; {args.seconds:g} s of audio\n")
     for op, (total, parts) in results.items():
         print(f"{op}: {total:.3f} s")
         print("| part | ms | share | GFLOP | GFLOP/s | of matmul | GB moved | GB/s | of copy |")
