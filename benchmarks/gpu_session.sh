@@ -26,7 +26,7 @@ prepare)
     shared=${HIGGS_SHARED_DIR:-../shared}
     grep -qx '/.gpu/' .git/info/exclude || echo '/.gpu/' >> .git/info/exclude
     rm -rf .gpu && mkdir -p .gpu/whl .gpu/shared
-    cp -r "$shared/audio" "$shared/reference" .gpu/shared/
+    cp -r "$shared/audio" "$shared/reference" .gpu/shared/ || exit 1
     # The device's Python is 3.12; the names are what its image lacks (soundfile needs cffi).
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
@@ -36,7 +36,7 @@ prepare)
 run)
     [ -d .gpu/whl ] || { echo "no .gpu/: run 'prepare' here first, and carry .gpu"; exit 1; }
     device=${DEVICE:-cuda} python=${PYTHON:-python3}
-    if [ "$device" = cuda ]; then
+    if [[ $device == cuda* ]]; then
         "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl || exit 1
         export PYTHONPATH=/tmp/site:$PWD/src
     else
@@ -57,21 +57,23 @@ run)
     }
     "$python" -c "import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
     # The benchmarks' full-size model with random weights, made once (seeded) for every step.
-    [ -n "$model" ] || model=$("$python" -c "import sys; sys.path.insert(0, 'benchmarks'); from common import prepare_model_and_inputs as p; print(p()[0])")
+    [ -n "$model" ] || model=$("$python" -c "import sys; sys.path.insert(0, 'benchmarks'); from common import prepare_model_and_inputs as p; print(p()[0])" | tail -n 1)
+    [ -d "$model" ] || { echo "no model ($model): the benchmarks' model could not be made"; exit 1; }
+    echo "model: $model, made after $SECONDS s"
     steps=" ${STEPS:-throughput workspace profile streams corpus serve} "
     case $steps in *" throughput "*)
-        step throughput 150 benchmarks/throughput.py --model "$model" --device "$device" "${mix[@]}" --quality ;; esac
+        step throughput 140 benchmarks/throughput.py --model "$model" --device "$device" "${mix[@]}" --quality ;; esac
     case $steps in *" workspace "*)  # is the float32 peak cuDNN's workspace? the same batches with it capped at 1 GiB
-        CUDNN_CONV_WSCAP_DBG=1024 step workspace 50 benchmarks/throughput.py --model "$model" --device "$device" \
+        CUDNN_CONV_WSCAP_DBG=1024 step workspace 45 benchmarks/throughput.py --model "$model" --device "$device" \
             "${mix[@]}" --precisions float32 --batch-sizes 8 32 --batch-seconds --reference no ;; esac
     case $steps in *" profile "*)
-        step profile 45 benchmarks/profile_parts.py --model "$model" --device "$device" ;; esac
+        step profile 40 benchmarks/profile_parts.py --model "$model" --device "$device" ;; esac
     case $steps in *" streams "*)
-        step streams 100 benchmarks/streaming.py streams --model "$model" --device "$device" --counts "${counts[@]}" --frames 40 ;; esac
+        step streams 90 benchmarks/streaming.py streams --model "$model" --device "$device" --counts "${counts[@]}" --frames 40 ;; esac
     case $steps in *" corpus "*)
-        step corpus 80 benchmarks/corpus.py --model "$model" --engines local --device "$device" "${mix[@]}" --batch-seconds 320 ;; esac
+        step corpus 70 benchmarks/corpus.py --model "$model" --engines local --device "$device" "${mix[@]}" --batch-seconds 320 ;; esac
     case $steps in *" serve "*)
-        step serve 75 benchmarks/serve_load.py --model "$model" --encoders 1 "${load[@]}" --server-args --device "$device" ;; esac
+        step serve 70 benchmarks/serve_load.py --model "$model" --encoders 1 "${load[@]}" --server-args --device "$device" ;; esac
     ;;
 *)
     echo "usage: bash benchmarks/gpu_session.sh prepare|run"; exit 2

@@ -9,8 +9,9 @@ per part: time, GFLOP (or MB moved for the elementwise Snake), the rate
 achieved and its fraction of the yardstick: a 2048² float32 matrix product
 for arithmetic, a large tensor copy for memory traffic. The model is the
 benchmarks' (common.py; made on first use), or `--model DIR`. On a GPU each call is
-timed by CUDA events, so that nothing waits inside the model, and the yardsticks are the
-same product and copy on the GPU in the model's dtype.
+timed by CUDA events, so that nothing waits inside the model, and the yardsticks run on
+the GPU: the product in the model's dtype (with TF32 off, as PyTorch leaves it: against
+`--precision tf32` a part can pass 100 %), the copy in float32.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ encoded alone, untimed.
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import time
 from pathlib import Path
@@ -83,6 +84,7 @@ def reserved_gib(device: torch.device) -> float | None:
 
 def release(device: torch.device) -> None:
     """The last run's model is gone: give its cached blocks back, so the next run starts bare."""
+    gc.collect()  # a model held by a reference cycle would otherwise stay
     if device.type == "cuda":
         torch.cuda.empty_cache()
 

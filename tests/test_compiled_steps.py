@@ -184,6 +184,14 @@ def test_weight_changes_that_no_version_counter_sees():
         audio = stream_audio(streams, codes, iter(lambda: 1, None))
         assert streams.compiled.steps_run == before
         assert_audio_close(audio["a"], one_shot(model, codes["a"]), tol=STREAM_TOL)
+        # A weight that goes (a bias set to None) is a change too.
+        streams.compile(batch_sizes=(1,), frames=(1,))
+        before = streams.compiled.steps_run
+        model.acoustic_decoder.conv2.bias = None
+        with pytest.warns(UserWarning, match="weights changed"):
+            audio = stream_audio(streams, codes, iter(lambda: 1, None))
+        assert streams.compiled.steps_run == before
+        assert_audio_close(audio["a"], one_shot(model, codes["a"]), tol=STREAM_TOL)
 
 
 def test_compile_refuses_bad_shapes(model):

@@ -102,6 +102,15 @@ def test_packed_linear_op_computes_the_plain_product_and_follows_its_weight():
     key = id(weight)
     del weight
     assert key not in layers._PACKED_WEIGHTS
+    # Its gradients are F.linear's (none dropped).
+    inputs = [torch.randn(8, 168, requires_grad=True), torch.randn(40, 168, requires_grad=True), torch.randn(40, requires_grad=True)]
+    layers.packed_linear(*inputs).square().sum().backward()
+    ours = [t.grad for t in inputs]
+    for t in inputs:
+        t.grad = None
+    F.linear(*inputs).square().sum().backward()
+    for mine, expected in zip(ours, (t.grad for t in inputs)):
+        torch.testing.assert_close(mine, expected, rtol=1e-5, atol=1e-4)
 
 
 def test_upsampling_conv_falls_back_outside_its_pattern():

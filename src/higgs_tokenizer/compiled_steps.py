@@ -18,7 +18,9 @@ Needs what inductor needs: a C++ compiler on the CPU, Triton on a GPU. The weigh
 frozen into the compiled program: a `CompiledSteps` whose model's weights change stops
 using it (with a warning) until `compile` is called again. Changes that no version
 counter sees (through `.data`, or in place under inference mode on weights made under
-it) need `invalidate()`. A program, once made, stays in memory until the process ends
+it) need `invalidate()`, and so do changes to the decoder's structure (a submodule replaced,
+a conv's settings): the programs skip dynamo's guards on modules, which would see them. A
+program, once made, stays in memory until the process ends
 (inductor keeps its frozen weights), so a model has one `CompiledSteps` (`shared`).
 
 One compiled step runs at a time in a process: torch.compile's stance is global. A step
@@ -65,7 +67,7 @@ class CompiledSteps:
         # Where each weight of the decoder is, found once: walking the modules on every step
         # would cost more than the step's other checks together.
         decoder = model.acoustic_decoder
-        self._weight_places = [(m, name) for m in decoder.modules() for name, p in m._parameters.items() if p is not None]
+        self._weight_places = [(m, name) for m in decoder.modules() for name in m._parameters]  # a bias of None too
         # Loading weights in place (under inference mode, unseen by version counters) too.
         reference = weakref.ref(self)
         model.acoustic_decoder.register_load_state_dict_pre_hook(lambda *args: _forget_weights(reference))
@@ -104,7 +106,8 @@ class CompiledSteps:
                 torch._dynamo.eval_frame.remove_from_cache(self._code)
             # Dynamo's guards on the decoder's modules and weights cost a quarter of a
             # millisecond a step (a 1-frame step of one stream is 8 ms); `_weights_key`
-            # checks on every step what of them can change: which weights, and their values.
+            # checks on every step which weights the decoder holds and their values, and
+            # other changes to its modules need `invalidate` (the module docstring).
             skip_module_guards = getattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe", None)  # torch >= 2.8
             options = {"guard_filter_fn": skip_module_guards} if skip_module_guards else {}
             program = torch.compile(function, dynamic=False, fullgraph=True, options=options)  # one program, or an error
@@ -179,8 +182,9 @@ class CompiledSteps:
     def _weights_key(self) -> tuple:
         """What identifies the decoder's weights as they are now: each one's storage and
         version, read from its module (so that a replaced weight counts too)."""
-        weights = (module._parameters[name] for module, name in self._weight_places)
-        return tuple((t.data_ptr(), None if t.is_inference() else t._version, t.dtype, t.device) for t in weights)
+        weights = (module._parameters.get(name) for module, name in self._weight_places)
+        return tuple(None if t is None else (t.data_ptr(), None if t.is_inference() else t._version, t.dtype, t.device)
+                     for t in weights)
 
 
 def _forget_weights(reference: "weakref.ref[CompiledSteps]") -> None:

@@ -492,7 +492,9 @@ def run(tokenizer, settings: ServeSettings) -> int:
     app.state.live_on_main_thread = True
     # What is alive now (PyTorch, the model, the app: 180 thousand objects) lives until the
     # end: kept out of the collector's full passes, which walked it in 72-84 ms each while
-    # holding the GIL (measured here), a stall of every stream.
+    # holding the GIL (measured here), a stall of every stream. The garbage of start-up
+    # (a compile's) is collected first, or it would be kept for good.
+    gc.collect()
     gc.freeze()
     server = uvicorn.Server(uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
