@@ -171,12 +171,16 @@ def time_runs(fn, runs: int, sync) -> list[float]:
     return times
 
 
+def device_sync(device: torch.device):
+    """A function that waits for the work queued on `device` (on the CPU, none is queued)."""
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+
 def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
     """GFLOP/s of a 2048² matrix product: the yardstick the speed targets are set against."""
     a = torch.randn(2048, 2048, device=device, dtype=dtype)
     b = torch.randn(2048, 2048, device=device, dtype=dtype)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    times = time_runs(lambda: a @ b, 10, sync)
+    times = time_runs(lambda: a @ b, 10, device_sync(device))
     return 2 * 2048**3 / min(times) / 1e9
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import soundfile as sf
 import torch
-from common import SAMPLE_RATE, SHARED, WORK_DIR, corpus_mix, prepare_model_and_inputs
+from common import SAMPLE_RATE, SHARED, WORK_DIR, corpus_mix, device_sync, prepare_model_and_inputs, time_runs
 
 from higgs_tokenizer.dataset import tokenize_dataset
 from higgs_tokenizer.tokenizer import HiggsAudioTokenizer
@@ -42,13 +42,7 @@ def make_corpus(root: Path, clips: list) -> None:
 
 def model_only_seconds(tokenizer: HiggsAudioTokenizer, clips: list) -> float:
     """Wall time of encoding the clips in memory, after a warm-up pass."""
-    tokenizer.encode_clips(clips)
-    sync = torch.cuda.synchronize if tokenizer.model.device.type == "cuda" else (lambda: None)
-    sync()
-    started = time.perf_counter()
-    tokenizer.encode_clips(clips)
-    sync()
-    return time.perf_counter() - started
+    return time_runs(lambda: tokenizer.encode_clips(clips), 1, device_sync(tokenizer.model.device))[0]
 
 
 def main() -> int:

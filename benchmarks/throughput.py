@@ -11,7 +11,7 @@ log-uniformly from `--shortest` to `--longest` seconds (seeded): by default 128 
 through `HiggsAudioTokenizer.encode_clips` (length-sorted exact batches) for every
 precision and batching asked for; the reference (transformers, when importable) in
 padded batches of `--reference-batch`, as its users call it, in full float32 and with
-TF32 (PyTorch's default on a GPU).
+PyTorch's default on a GPU (TF32 convs).
 
 Reported per row: audio seconds per second (one timed pass after a warm-up pass), the
 largest memory any one model call took above what was allocated before it, and what the
@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import SAMPLE_RATE, corpus_mix, prepare_model_and_inputs
+from common import SAMPLE_RATE, corpus_mix, device_sync, prepare_model_and_inputs
+from speed import Implementation
 
 from higgs_tokenizer import HiggsAudioV2TokenizerModel
 from higgs_tokenizer.evaluation.metrics import mel_distance
@@ -58,16 +59,13 @@ class CallMemory:
         model.encode = measured  # this instance only
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(fn, device: torch.device) -> tuple[float, object]:
-    synchronize(device)
+    """(seconds, result) of one call of `fn`, the device's work included."""
+    sync = device_sync(device)
+    sync()
     started = time.perf_counter()
     out = fn()
-    synchronize(device)
+    sync()
     return time.perf_counter() - started, out
 
 
@@ -111,25 +109,23 @@ def run_ours(model_dir: Path, device: torch.device, precision: str, batching: di
 
 @torch.inference_mode()
 def run_reference(model_dir: Path, device: torch.device, tf32: bool, batch: int, mix: list, check: bool) -> dict:
-    from transformers import HiggsAudioV2TokenizerModel as Reference
-
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
-    model = Reference.from_pretrained(str(model_dir)).to(device).eval()
-    order = sorted(range(len(mix)), key=lambda i: -len(mix[i]))
+    """The reference in padded batches of `batch` (speed.py's `Implementation`: as its users call
+    it, without a padding mask), in full float32 or with PyTorch's default on a GPU (TF32
+    convs, float32 matrix products)."""
+    if tf32:  # PyTorch's defaults, which `Implementation` leaves as they are when told tf32
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, False
+    reference = Implementation("reference", model_dir, str(device), torch.float32, compile=False, tf32=tf32)
+    clips = sorted((torch.from_numpy(clip) for clip in mix), key=lambda clip: -len(clip))
 
     def encode_padded():
-        for start in range(0, len(order), batch):
-            group = [mix[i] for i in order[start : start + batch]]
-            padded = torch.zeros(len(group), 1, max(map(len, group)))
-            for row, clip in enumerate(group):
-                padded[row, 0, : len(clip)] = torch.from_numpy(clip)
-            model.encode(padded.to(device))
+        for start in range(0, len(clips), batch):
+            reference.encode(clips[start : start + batch])
 
     encode_padded()  # warm-up
     seconds, _ = timed(encode_padded, device)
     row = {"seconds": seconds, "reserved": reserved_gib(device)}
     if check:  # each clip alone: the codes its users would get without padding
-        row["codes"] = [model.encode(torch.from_numpy(clip)[None, None].to(device)).audio_codes[0].cpu() for clip in mix]
+        row["codes"] = [reference.encode([torch.from_numpy(clip)])[0][0].cpu() for clip in mix]
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     return row
 

@@ -137,9 +137,13 @@ def linear_weight(owner: nn.Module, weight: torch.Tensor, rows: int) -> torch.Te
     # `_runs_on_onednn`.
     if torch.compiler.is_compiling() or rows < PACKED_LINEAR_ROWS or not _runs_on_onednn(matrix):
         return matrix
-    return derived_tensor(
-        owner, "linear_weight", [owner.weight], lambda: torch.ops.mkldnn._reorder_linear_weight(matrix, 2 * PACKED_LINEAR_ROWS)
-    )
+    return derived_tensor(owner, "linear_weight", [owner.weight], lambda: _packed_matrix(matrix))
+
+
+def _packed_matrix(matrix: torch.Tensor) -> torch.Tensor:
+    """`matrix` `[out, in]` in oneDNN's layout for `onednn_linear` (told to expect twice the
+    fewest rows it is packed for: a hint for the layout)."""
+    return torch.ops.mkldnn._reorder_linear_weight(matrix, 2 * PACKED_LINEAR_ROWS)
 
 
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -175,7 +179,7 @@ def _packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         if cached is None:
             weakref.finalize(weight, _PACKED_WEIGHTS.pop, id(weight), None)
         with torch.inference_mode(False), torch.no_grad():
-            cached = _PACKED_WEIGHTS[id(weight)] = (key, torch.ops.mkldnn._reorder_linear_weight(weight, 2 * PACKED_LINEAR_ROWS))
+            cached = _PACKED_WEIGHTS[id(weight)] = (key, _packed_matrix(weight))
     return _LINEAR_POINTWISE(x, cached[1], bias, "none", [], "")
 
 
