@@ -7,7 +7,7 @@ import torch
 from helpers import assert_audio_close, load_model
 from test_streaming import STREAM_TOL
 
-from higgs_tokenizer import decoder_streams
+from higgs_tokenizer import decoder_streams, streaming
 from higgs_tokenizer.decoder_streams import DecoderStreams
 from higgs_tokenizer.streaming import decode_step
 
@@ -94,6 +94,51 @@ def test_streams_join_and_leave_and_idle_ones_cost_nothing(model, monkeypatch):
     assert calls == [(2, False), (1, False)]  # then e alone catches up
     with pytest.raises(KeyError, match=f"no stream with id {a}"):
         streams.push(a, codes_a[:, :1])
+
+
+@torch.inference_mode()
+def test_a_steady_batch_is_not_copied_and_idle_streams_let_it_go(model, monkeypatch):
+    """Steps of the same streams take the last step's batch of histories as it is (no tensor
+    operation per stream); a stream that sits out takes its own copy, so the old batch can go."""
+    copies = []
+    real_stack, real_pick = streaming._stack, streaming._pick
+    monkeypatch.setattr(streaming, "_stack", lambda *args: copies.append("stack") or real_stack(*args))
+    monkeypatch.setattr(streaming, "_pick", lambda *args: copies.append("pick") or real_pick(*args))
+    streams = DecoderStreams(model)
+    a, b, c = ids = [streams.add() for _ in range(3)]
+    codes = {i: random_codes(20 + i, 8, 16) for i in ids}
+    out = {i: [] for i in ids}
+    sent = dict.fromkeys(ids, 0)
+
+    def step(pushing, expected_copies):
+        for i in pushing:
+            streams.push(i, codes[i][:, sent[i] : sent[i] + 1])
+            sent[i] += 1
+        copies.clear()
+        for i, piece in streams.step().items():
+            out[i].append(piece)
+        assert bool(copies) == expected_copies
+        return {i: streams._streams[i].state.batch for i in ids}
+
+    step(ids, True)  # new streams: their zero histories stacked
+    for _ in range(4):
+        batches = step(ids, False)
+        assert batches[a] is batches[b] is batches[c] is not None and batches[a].size == 3
+    batches = step([a, b], True)  # c sits out: a and b are picked, c holds a copy of its own
+    assert batches[a] is batches[b] and batches[a].size == 2 and batches[c] is None
+    batches = step([a, b], False)
+    batches = step(ids, True)  # c joins again
+    assert batches[a] is batches[c] and batches[a].size == 3
+    for _ in range(4):
+        step(ids, False)
+    for k in range(4):  # c is done; a and b go on without it
+        step([a, b], k == 0)
+    for i in ids:
+        streams.end(i)
+    for i, piece in streams.step().items():
+        out[i].append(piece)
+    for i in ids:
+        assert_audio_close(torch.cat(out[i]), decoded_alone(model, codes[i][:, : sent[i]]), tol=STREAM_TOL)
 
 
 @torch.inference_mode()

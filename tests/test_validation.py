@@ -68,6 +68,7 @@ def test_unknown_bandwidth_lists_the_allowed_ones(model):
         (torch.full((1, 8, 10), 1024), ValueError, r"\[0, 1024\).*1024"),
         (torch.full((1, 8, 10), -1), ValueError, r"\[0, 1024\).*-1"),
         (torch.zeros(1, 8, 10), TypeError, "integer"),
+        (torch.full((1, 8, 10), 5000, dtype=torch.uint16), ValueError, r"\[0, 1024\).*5000"),  # no min/max in PyTorch
         (np.zeros((1, 8, 10), dtype=np.int64), TypeError, "torch.Tensor"),
     ],
 )
@@ -79,8 +80,10 @@ def test_bad_codes(model, codes, error, match):
 def test_fewer_quantizers_decode(model):
     with torch.inference_mode():
         for n_q in (1, 4, 8):
-            audio = model.decode(torch.randint(0, 1024, (2, n_q, 5), dtype=torch.int32)).audio_values
+            codes = torch.randint(0, 1024, (2, n_q, 5), dtype=torch.int32)
+            audio = model.decode(codes).audio_values
             assert audio.shape == (2, 1, 5 * 960) and torch.isfinite(audio).all()
+            assert torch.equal(model.decode(codes.to(torch.uint16)).audio_values, audio)
 
 
 def test_padding_mask_shape_is_checked(model):

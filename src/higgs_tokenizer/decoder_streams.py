@@ -154,7 +154,7 @@ class DecoderStreams:
             raise ValueError(f"push codes of shape [n_q, frames], got {tuple(codes.shape)}")
         if codes.shape[-1] == 0:
             return codes
-        codes = self.model.check_codes(codes[None])[0]
+        codes = self.model.check_codes(codes[None], to_device=False)[0]  # moved with the step's batch
         expected = stream.state.num_quantizers or (stream.waiting[0].shape[0] if stream.waiting else None)
         if expected is not None and codes.shape[0] != expected:
             raise ValueError(f"pushed codes have {codes.shape[0]} quantizers; this stream has {expected}")
@@ -185,6 +185,7 @@ class DecoderStreams:
         for stream_id, stream in self._streams.items():
             if stream.frames_waiting and not stream.state.ended:
                 groups.setdefault(stream.waiting[0].shape[0], []).append(stream_id)
+        self._detach_left_out({i for ids in groups.values() for i in ids}.union(self._ending()))
         out: dict[int, list[torch.Tensor]] = {}
         for ids in groups.values():
             streams = [self._streams[i] for i in ids]
@@ -194,17 +195,30 @@ class DecoderStreams:
             codes = torch.stack([s.take(frames) for s in streams])
             for stream in streams:
                 stream.state.num_quantizers = codes.shape[1]
-            audio = decode_step(self.model, self.plan, [s.state for s in streams], codes, compiled=self.compiled)
+            states = [s.state for s in streams]
+            audio = decode_step(self.model, self.plan, states, codes, compiled=self.compiled, to_host=True)
             for stream_id, stream, exact, ahead in zip(ids, streams, audio, self._provisional(streams)):
                 out.setdefault(stream_id, []).append(self._emit(stream, exact, ahead))
-        ending = [i for i, s in self._streams.items() if s.ending and not s.waiting and not s.state.ended]
+        ending = self._ending()  # and those whose last frames were just decoded
         if ending:
             streams = [self._streams[i] for i in ending]
-            audio = decode_step(self.model, self.plan, [s.state for s in streams], None)
+            audio = decode_step(self.model, self.plan, [s.state for s in streams], None, to_host=True)
             for stream_id, stream, last in zip(ending, streams, audio):
                 stream.state.ended = True
                 out.setdefault(stream_id, []).append(self._emit(stream, last, None))
-        return {stream_id: torch.cat(pieces) for stream_id, pieces in out.items()}
+        return {stream_id: pieces[0] if len(pieces) == 1 else torch.cat(pieces) for stream_id, pieces in out.items()}
+
+    def _ending(self) -> list[int]:
+        return [i for i, s in self._streams.items() if s.ending and not s.waiting and not s.state.ended]
+
+    def _detach_left_out(self, stepping: set[int]) -> None:
+        """Streams that sit out this step take copies of their histories, when streams stepping
+        now leave the batch they shared behind: otherwise idle streams would keep one old batch
+        each alive."""
+        left_behind = {id(batch) for i in stepping if (batch := self._streams[i].state.batch) is not None}
+        for stream_id, stream in self._streams.items():
+            if stream_id not in stepping and id(stream.state.batch) in left_behind:
+                stream.state.detach()
 
     def _provisional(self, streams: list[_Stream]) -> list[torch.Tensor | None]:
         """Each stream's audio past its final part, as if it ended now, where the lookahead
@@ -214,7 +228,7 @@ class DecoderStreams:
         copies = [s.state.branch() for s in streams]
         # Only the frames of padding that carry the output to the lookahead: fewer for more.
         short = self.plan.latency_samples - self.lookahead_frames * self.plan.hop
-        return decode_step(self.model, self.plan, copies, None, end_frames=max(1, -(-short // self.plan.hop)))
+        return decode_step(self.model, self.plan, copies, None, end_frames=max(1, -(-short // self.plan.hop)), to_host=True)
 
     def _emit(self, stream: _Stream, exact: torch.Tensor, ahead: torch.Tensor | None) -> torch.Tensor:
         """The samples not given out yet: the new final ones, then provisional ones up to
@@ -227,7 +241,7 @@ class DecoderStreams:
             target = max(target, (stream.state.frames - self.lookahead_frames) * self.plan.hop)
             first = max(stream.emitted, stream.exact)
             pieces.append(ahead[first - stream.exact : target - stream.exact])
-        audio = torch.cat(pieces).float().cpu()
+        audio = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
         stream.emitted = max(stream.emitted, target)
         return audio
 

@@ -65,6 +65,9 @@ class HiggsAudioV2TokenizerOutput(ModelOutput):
     audio_values: torch.Tensor | None = None
 
 
+_WIDE_UNSIGNED = tuple(getattr(torch, name) for name in ("uint16", "uint32", "uint64") if hasattr(torch, name))
+
+
 class HiggsAudioV2TokenizerModel(nn.Module):
     # On a GPU, float32 runs in full float32 (cuDNN would use TF32, which moves some codes
     # and adds about 1e-3 of error to the audio); set True to trade that for speed.
@@ -572,12 +575,15 @@ class HiggsAudioV2TokenizerModel(nn.Module):
             raise ValueError(f"audio_codes must have shape [batch, num_quantizers, frames], got {tuple(audio_codes.shape)}")
         if audio_codes.is_floating_point() or audio_codes.is_complex() or audio_codes.dtype == torch.bool:
             raise TypeError(f"audio_codes must be an integer tensor, got {audio_codes.dtype}")
-        n_q, frames = audio_codes.shape[1], audio_codes.shape[2]
-        if not 1 <= n_q <= self.config.num_quantizers:
-            raise ValueError(f"audio_codes has {n_q} quantizers; this model decodes 1 to {self.config.num_quantizers}")
+        n_q, frames, most = audio_codes.shape[1], audio_codes.shape[2], len(self.quantizer.quantizers)
+        if not 1 <= n_q <= most:
+            raise ValueError(f"audio_codes has {n_q} quantizers; this model decodes 1 to {most}")
         if audio_codes.shape[0] == 0 or frames == 0:
             raise ValueError(f"audio_codes is empty: shape {tuple(audio_codes.shape)}")
-        low, high = int(audio_codes.min()), int(audio_codes.max())
+        if audio_codes.dtype in _WIDE_UNSIGNED:  # PyTorch has no min/max for them
+            audio_codes = audio_codes.to(torch.long)  # (uint64 past 2**63 turns negative: refused below)
+        low, high = torch.aminmax(audio_codes)
+        low, high = int(low), int(high)
         if low < 0 or high >= self.config.codebook_size:
             raise ValueError(
                 f"audio_codes must lie in [0, {self.config.codebook_size}); found values from {low} to {high}"

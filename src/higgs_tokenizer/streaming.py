@@ -28,7 +28,7 @@ frames in one call per layer.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -90,6 +90,11 @@ class DecoderPlan:
         return self.timing["conv2"].lead
 
     @property
+    def steady_latent_frames(self) -> int:
+        """Latent frames after which every layer is past its lead (`steady`)."""
+        return max(-(-t.lead // t.rate) for t in self.timing.values())
+
+    @property
     def end_frames(self) -> int:
         """Frames of zero latents that carry every layer's last values out at a stream's end."""
         return -(-self.latency_samples // self.hop)
@@ -106,31 +111,75 @@ def _units(block) -> tuple:
     return (block.res_unit1, block.res_unit2, block.res_unit3)
 
 
-@dataclass
+class _StackedHistories:
+    """The histories of a batch of streams after a step, as the step left them: `[B, C, L]`
+    per stateful place. Each stream's state reads its row, so a step of the same streams as
+    the last one takes them as they are, and a step costs no tensor operation per stream."""
+
+    __slots__ = ("tensors", "size")
+
+    def __init__(self, tensors: dict[str, torch.Tensor], size: int):
+        self.tensors, self.size = tensors, size
+
+    def row(self, b: int) -> dict[str, torch.Tensor]:
+        return {name: t[b : b + 1] for name, t in self.tensors.items()}
+
+
 class DecoderState:
     """One stream's state: what each layer keeps between steps, and where the stream is.
 
     The model holds none of it, so one model serves any number of streams; a state can
-    be copied (`copy`) to explore a continuation without disturbing the original.
+    be copied (`copy`) to explore a continuation without disturbing the original. After a
+    step the state's histories are its row of the batch it stepped in (shared with the
+    batch's other streams, never written into); `detach` gives it its own.
     """
 
-    buffers: dict[str, torch.Tensor] = field(default_factory=dict)  # [1, channels, length] each
-    produced: dict[str, int] = field(default_factory=dict)  # values each layer has output so far
-    frames: int = 0  # code frames taken in
-    num_quantizers: int | None = None  # fixed by the first frames
-    ended: bool = False
+    def __init__(self, buffers: dict[str, torch.Tensor] | None = None, frames: int = 0, latent_frames: int = 0,
+                 num_quantizers: int | None = None, ended: bool = False):
+        self._own = buffers  # [1, channels, length] each; None while they are a row of `_stack`
+        self._stack: _StackedHistories | None = None
+        self._row = 0
+        self.frames = frames  # code frames taken in
+        # Latent frames the layers have taken in: the code frames, and at the end the frames of
+        # zero padding. Layer `name` has output `latent_frames * plan.timing[name].rate` values.
+        self.latent_frames = latent_frames
+        self.num_quantizers = num_quantizers  # fixed by the first frames
+        self.ended = ended
+
+    @property
+    def buffers(self) -> dict[str, torch.Tensor]:
+        """The inputs each stateful layer keeps, `[1, channels, length]` per place."""
+        if self._own is None:
+            self._own = self._stack.row(self._row)
+        return self._own
+
+    @property
+    def batch(self) -> "_StackedHistories | None":
+        """The step's batch whose row its histories are (None when it holds its own)."""
+        return self._stack
+
+    def _place_in(self, stack: _StackedHistories, row: int) -> None:
+        self._own, self._stack, self._row = None, stack, row
+
+    def detach(self) -> None:
+        """Hold copies of its own histories instead of a row of its last step's batch, so that
+        the batch can be freed (a stream left out of later steps)."""
+        if self._stack is not None:
+            self._own = {name: t.clone() for name, t in self.buffers.items()}
+            self._stack = None
 
     def copy(self) -> "DecoderState":
         """An independent state, with copies of the history tensors."""
-        return DecoderState(
-            {k: v.clone() for k, v in self.buffers.items()}, dict(self.produced), self.frames, self.num_quantizers, self.ended
-        )
+        return DecoderState({k: v.clone() for k, v in self.buffers.items()}, self.frames, self.latent_frames,
+                            self.num_quantizers, self.ended)
 
     def branch(self) -> "DecoderState":
         """A state to step on without disturbing this one, at no cost per layer: it shares the
         history tensors, which no step writes into (a step makes new ones); write into
         neither's tensors."""
-        return DecoderState(dict(self.buffers), dict(self.produced), self.frames, self.num_quantizers, self.ended)
+        state = DecoderState(None, self.frames, self.latent_frames, self.num_quantizers, self.ended)
+        state._own, state._stack, state._row = self._own, self._stack, self._row
+        return state
 
     @property
     def nbytes(self) -> int:
@@ -184,28 +233,29 @@ class _Histories:
 
 
 class _Step(_Histories):
-    """One batched step: the states' buffers stacked, and each layer's validity masks."""
+    """One batched step: the states' histories as one batch, and each layer's validity masks."""
 
     def __init__(self, model, plan: DecoderPlan, states: list[DecoderState], end: bool):
         time_major = _time_major(model.device)
-        super().__init__({name: _stack([s.buffers[name] for s in states], time_major) for name in states[0].buffers}, time_major)
+        super().__init__(dict(_gather(states, time_major)), time_major)  # a dict of its own: steps replace entries
         self.plan, self.states, self.end = plan, states, end
-        self.produced = {name: [s.produced.get(name, 0) for s in states] for name in plan.timing}  # before this step
+        self.latent_frames = [s.latent_frames for s in states]  # before this step
+        self.fewest = min(self.latent_frames)
         self.device = model.device
 
     @property
     def steady(self) -> bool:
         """Whether no value of this step needs zeroing: not an end, and every stream steady."""
-        return not self.end and steady(self.plan, self.states)
+        return not self.end and self.fewest >= self.plan.steady_latent_frames
 
     def settle(self, name: str, y: torch.Tensor) -> torch.Tensor:
         """Zero the values of layer `name`'s output that stand outside its signal: before its
         start (its lead) and, at a stream's end, past its length."""
-        timing, produced = self.plan.timing[name], self.produced[name]
-        if not self.end and all(p >= timing.lead for p in produced):
+        timing = self.plan.timing[name]
+        if not self.end and self.fewest * timing.rate >= timing.lead:
             return y
-        n = y.shape[-1]
-        times = torch.tensor(produced, device=self.device)[:, None] - timing.lead + torch.arange(n, device=self.device)
+        produced = torch.tensor(self.latent_frames, device=self.device) * timing.rate  # values output before
+        times = produced[:, None] - timing.lead + torch.arange(y.shape[-1], device=self.device)
         valid = times >= 0
         if self.end:
             lengths = torch.tensor([s.frames * timing.rate for s in self.states], device=self.device)
@@ -213,17 +263,60 @@ class _Step(_Histories):
         return torch.where(valid[:, None, :], y, torch.zeros((), dtype=y.dtype, device=y.device))
 
     def finish(self, frames: int) -> None:
-        """Give each state its part of the buffers, and count the `frames` frames that each
-        layer has taken in."""
+        """Give each state its row of the histories, and count the `frames` latent frames that
+        the layers have taken in."""
+        stack = _StackedHistories(self.buffers, len(self.states))
         for b, state in enumerate(self.states):
-            state.buffers = {name: buf[b : b + 1] for name, buf in self.buffers.items()}
-            state.produced = {name: counts[b] + frames * self.plan.timing[name].rate for name, counts in self.produced.items()}
+            state._place_in(stack, b)
+            state.latent_frames += frames
 
 
 def steady(plan: DecoderPlan, states: list[DecoderState]) -> bool:
     """Whether every layer of every stream is past its lead: from then on a step of frames
     (not an end) has no value to zero."""
-    return all(s.produced.get(name, 0) >= t.lead for s in states for name, t in plan.timing.items())
+    return all(s.latent_frames >= plan.steady_latent_frames for s in states)
+
+
+def _gather(states: list[DecoderState], time_major: bool) -> dict[str, torch.Tensor]:
+    """The states' histories as one batch, in their order: as the last step left them when
+    these are its streams in the same order (a steady stream of steps: no copy), else their
+    rows picked from the batches they were in (one copy per place, however many streams)."""
+    first = states[0]._stack
+    if first is not None and first.size == len(states) and all(s._stack is first and s._row == b for b, s in enumerate(states)):
+        return first.tensors
+    sources: dict[int, int] = {}  # id of a stack -> its first row in the pool
+    stacks: list[_StackedHistories] = []
+    loose = [s for s in states if s._stack is None]  # histories of their own (new, copied or detached)
+    pool_size = len(loose)
+    index, next_loose = [], 0
+    for state in states:
+        if state._stack is None:
+            index.append(next_loose)
+            next_loose += 1
+            continue
+        offset = sources.get(id(state._stack))
+        if offset is None:
+            offset = sources[id(state._stack)] = pool_size
+            stacks.append(state._stack)
+            pool_size += state._stack.size
+        index.append(offset + state._row)
+    in_order = index == list(range(pool_size))
+    names = list(loose[0].buffers if loose else stacks[0].tensors)
+    rows, gathered = None, {}
+    for name in names:
+        parts = ([_stack([s.buffers[name] for s in loose], time_major)] if loose else []) + [s.tensors[name] for s in stacks]
+        pool = parts[0] if len(parts) == 1 else _stack(parts, time_major)
+        if not in_order and rows is None:
+            rows = torch.tensor(index, device=pool.device)
+        gathered[name] = pool if in_order else _pick(pool, rows, time_major)
+    return gathered
+
+
+def _pick(pool: torch.Tensor, rows: torch.Tensor, time_major: bool) -> torch.Tensor:
+    """`pool[rows]`, laid out as the pool is."""
+    if not time_major:
+        return pool.index_select(0, rows)
+    return pool.transpose(1, 2).index_select(0, rows).transpose(1, 2)
 
 
 def _time_major(device: torch.device) -> bool:
@@ -235,8 +328,8 @@ def _time_major(device: torch.device) -> bool:
 
 
 def _stack(tensors: list[torch.Tensor], time_major: bool) -> torch.Tensor:
-    """The streams' buffers as one batch, always laid out alike (a compiled step's inputs
-    must be)."""
+    """Batches of histories (`[b, C, L]` each) as one, always laid out alike (a compiled
+    step's inputs must be)."""
     if not time_major:
         return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
     if len(tensors) == 1 and tensors[0].stride(1) == 1:
@@ -251,6 +344,7 @@ def decode_step(
     codes: torch.Tensor | None,
     end_frames: int | None = None,
     compiled=None,
+    to_host: bool = False,
 ) -> list[torch.Tensor]:
     """Advance a batch of streams by the same number of frames; each stream's new audio.
 
@@ -260,7 +354,12 @@ def decode_step(
     the first of the last samples). A stream's audio starts once its first samples are
     final and stops at its length; everything in between equals one-shot decoding of the
     whole stream. `compiled`: a `CompiledSteps`, which runs steady steps of the shapes it
-    has compiled.
+    has compiled. `to_host`: the audio in float32 on the CPU, moved there in one transfer
+    for the batch (not one per stream, each of which waits for the device).
+
+    Afterwards each state's histories are its row of the step's batch, which a next step
+    of the same states in the same order takes as it is; a state left out of it keeps the
+    whole batch alive until it steps again or is `detach`ed.
     """
     decoder = model.acoustic_decoder
     end = codes is None
@@ -271,14 +370,16 @@ def decode_step(
             frames = plan.end_frames if end_frames is None else end_frames
             x = torch.zeros(len(states), channels, frames, dtype=model.dtype, device=model.device)
         else:
-            x = model.decoder_latents(codes)
+            x = model.decoder_latents(codes.to(model.device))
         run = compiled.step_for(x.shape[0], x.shape[-1]) if compiled is not None and step.steady else None
         result = run(step.buffers, x) if run is not None else None
         if result is not None:
             audio, step.buffers = result
         else:
             audio = decoder_layers(decoder, step, x)
-    start_times = [p - plan.timing["conv2"].lead for p in step.produced["conv2"]]  # of audio[b, 0]
+    if to_host:
+        audio = audio.to(device="cpu", dtype=torch.float32)
+    start_times = [n * plan.hop - plan.latency_samples for n in step.latent_frames]  # of audio[b, 0]
     step.finish(x.shape[-1])
     out = []
     for b, state in enumerate(states):
@@ -286,8 +387,7 @@ def decode_step(
         if end:
             stop = min(stop, state.frames * plan.hop)
         out.append(audio[b, max(0, -start) : max(0, stop - start)])
-    if not end:
-        for state in states:
+        if not end:
             state.frames += codes.shape[-1]
     return out
 
