@@ -5,6 +5,7 @@
     python benchmarks/streaming.py push --frames 125 --compile     # ... and the compiled step
     python benchmarks/streaming.py streams --frames 40 --compile   # streams held, compiled steps
     python benchmarks/streaming.py lookahead                       # error of lower latency
+    python benchmarks/streaming.py overhead --model ../shared/fixtures/tiny-24k --frames 40   # host time per stream
     python benchmarks/streaming.py streams --device cuda --counts 1 64 256 1024   # on a GPU
 
 The model is the benchmarks' full-size one with seeded random weights (common.py), or
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from common import prepare_model_and_inputs, recordings
 
-from higgs_tokenizer import HiggsAudioV2TokenizerModel
+from higgs_tokenizer import HiggsAudioV2TokenizerModel, streaming
 from higgs_tokenizer.decoder_streams import DecoderStreams
 from higgs_tokenizer.streaming import decoder_context
 
@@ -166,6 +167,33 @@ def bench_streams(args, model):
 
 
 @torch.inference_mode()
+def bench_overhead(args, model):
+    """The engine's host time per stream, apart from the decoder's layers: what a step of
+    many streams costs however fast the device is (checking and queueing pushes, stacking
+    states, handing out audio). The layers are stood in for by copies of the histories and
+    silent audio, so this measures everything a step does but their arithmetic."""
+
+    def no_layers(decoder, step, x):
+        for name, history in step.buffers.items():
+            step.buffers[name] = history.clone()
+        return torch.zeros(x.shape[0], x.shape[-1] * model.config.hop_length, dtype=x.dtype, device=x.device)
+
+    streaming.decoder_layers = no_layers  # decode_step looks it up on each call
+    print("| streams | pushes ms per step | µs per stream | step ms (no layers) | µs per stream |")
+    print("| --- | --- | --- | --- | --- |")
+    for count in args.counts:
+        streams = DecoderStreams(model)
+        ids = [streams.add() for _ in range(count)]
+        codes = torch.randint(0, 1024, (8, args.frames), generator=torch.Generator().manual_seed(0))
+        pushes, steps = [], []
+        for f in range(args.frames):
+            pushes.append(_timed(lambda: [streams.push(stream_id, codes[:, f : f + 1]) for stream_id in ids]))
+            steps.append(_timed(streams.step))
+        push, step = statistics.median(pushes[args.frames // 4 :]), statistics.median(steps[args.frames // 4 :])
+        print(f"| {count} | {1000 * push:.2f} | {1e6 * push / count:.1f} | {1000 * step:.2f} | {1e6 * step / count:.1f} |", flush=True)
+
+
+@torch.inference_mode()
 def bench_lookahead(args, model):
     """Provisional audio from fewer future frames, against the exact audio, on speech."""
     codes = speech_codes(model, args.frames)
@@ -200,17 +228,20 @@ def _timed(fn) -> float:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("section", choices=["push", "streams", "lookahead"])
+    ap.add_argument("section", choices=["push", "streams", "lookahead", "overhead"])
     ap.add_argument("--model", default=None, help="checkpoint directory (default: full size, random weights)")
     ap.add_argument("--frames", type=int, default=125, help="code frames per stream (125 = 5 s)")
     ap.add_argument("--push", type=int, nargs="+", default=None, help="frames per push")
-    ap.add_argument("--counts", type=int, nargs="+", default=[1, 2, 4, 5, 6, 7, 8, 10])
+    ap.add_argument("--counts", type=int, nargs="+", default=None,
+                    help="streams: 1 2 4 5 6 7 8 10 by default; overhead: 1 16 64 256 1024")
     ap.add_argument("--rounds", type=int, default=3, help="streams: turns each count takes")
     ap.add_argument("--lookaheads", type=int, nargs="+", default=list(range(11)))
     ap.add_argument("--compile", action="store_true", help="push: also the compiled step; streams: compiled steps only")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--precision", default="float32", help="float32 (default), tf32, bfloat16 or float16")
     args = ap.parse_args()
+    if args.counts is None:
+        args.counts = [1, 16, 64, 256, 1024] if args.section == "overhead" else [1, 2, 4, 5, 6, 7, 8, 10]
     if args.push is None:
         args.push = [1, 2, 5, 25] if args.section == "push" else [1, 5]
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{os.cpu_count()} CPUs, {torch.get_num_threads()} threads"
@@ -218,7 +249,8 @@ def main():
     model = HiggsAudioV2TokenizerModel.from_pretrained(args.model or prepare_model_and_inputs()[0], device=args.device,
                                                        precision=args.precision)
     np.random.seed(0)
-    {"push": bench_push, "streams": bench_streams, "lookahead": bench_lookahead}[args.section](args, model)
+    sections = {"push": bench_push, "streams": bench_streams, "lookahead": bench_lookahead, "overhead": bench_overhead}
+    sections[args.section](args, model)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ import weakref
 import torch
 
 from .streaming import DecoderPlan, _time_major, decode_step, new_state, steady, steady_layers
+from .weights_key import DecoderWeights
 
 
 # Held while a compiled program runs or compiles: `set_stance` is process-wide.
@@ -64,13 +65,7 @@ class CompiledSteps:
         self._weights = None
         self._local = threading.local()  # .warming: the shape this thread is compiling
         self.steps_run = 0  # steps that ran compiled
-        # Where each weight of the decoder is, found once: walking the modules on every step
-        # would cost more than the step's other checks together.
-        decoder = model.acoustic_decoder
-        self._weight_places = [(m, name) for m in decoder.modules() for name in m._parameters]  # a bias of None too
-        # Loading weights in place (under inference mode, unseen by version counters) too.
-        reference = weakref.ref(self)
-        model.acoustic_decoder.register_load_state_dict_pre_hook(lambda *args: _forget_weights(reference))
+        self._decoder_weights = DecoderWeights(model.acoustic_decoder)
 
     @property
     def model(self):
@@ -175,19 +170,9 @@ class CompiledSteps:
             with torch.inference_mode():
                 while not steady(plan, states):
                     decode_step(model, plan, states, codes)
-                decode_step(model, plan, states, codes, compiled=self)
+                decode_step(model, plan, states, codes, programs=(self,))
         finally:
             self._local.warming = None
 
     def _weights_key(self) -> tuple:
-        """What identifies the decoder's weights as they are now: each one's storage and
-        version, read from its module (so that a replaced weight counts too)."""
-        weights = (module._parameters.get(name) for module, name in self._weight_places)
-        return tuple(None if t is None else (t.data_ptr(), None if t.is_inference() else t._version, t.dtype, t.device)
-                     for t in weights)
-
-
-def _forget_weights(reference: "weakref.ref[CompiledSteps]") -> None:
-    compiled = reference()
-    if compiled is not None:
-        compiled._weights = None
+        return self._decoder_weights.key()

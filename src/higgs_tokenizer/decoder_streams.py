@@ -30,6 +30,7 @@ import torch
 
 from . import compiled_steps
 from .compiled_steps import CompiledSteps
+from .graphed_steps import GraphedSteps
 from .streaming import DecoderPlan, DecoderState, decode_step, new_state
 
 
@@ -64,13 +65,14 @@ class _Stream:
 class DecoderStreams:
     def __init__(
         self, model, lookahead_frames: int | None = None, max_frames_per_step: int | None = None,
-        compiled: CompiledSteps | None = None,
+        compiled: CompiledSteps | None = None, graphs: GraphedSteps | None = None,
     ):
         """`lookahead_frames`: future frames a sample waits for before it is given out;
         None (default) or `exact_lookahead_frames` is exact, fewer gives provisional audio
         sooner. `max_frames_per_step`: frames one step takes from a stream at most (None:
         all that wait). `compiled`: compiled steps to run (`compile`), shared with other
-        `DecoderStreams` of the same model."""
+        `DecoderStreams` of the same model; `graphs`: steps captured as CUDA graphs
+        (`capture_graphs`), which run first where they have the shape."""
         self.model = model.eval()
         self.plan = DecoderPlan(model)
         exact = self.exact_lookahead_frames
@@ -86,7 +88,9 @@ class DecoderStreams:
         self._ids = itertools.count()
         if compiled is not None and compiled.model is not model:
             raise ValueError("compiled steps of another model")
-        self.compiled = compiled
+        if graphs is not None and graphs.model is not model:
+            raise ValueError("graphed steps of another model")
+        self.compiled, self.graphs = compiled, graphs
 
     def compile(self, batch_sizes=(1,), frames=(1,)) -> None:
         """Compile the steady step (`compiled_steps`) now for these shapes: steps of that many
@@ -96,6 +100,17 @@ class DecoderStreams:
         if self.compiled is None:
             self.compiled = compiled_steps.shared(self.model)
         self.compiled.compile(batch_sizes, frames)
+
+    def capture_graphs(self, batch_sizes=(1,), frames=(1,)) -> None:
+        """Capture the steady step as CUDA graphs (`graphed_steps`) now for these shapes (a
+        model on a CUDA device only): steps of such a shape are then one graph replay each,
+        instead of hundreds of kernel launches."""
+        if self.graphs is None:
+            self.graphs = GraphedSteps(self.model)
+        self.graphs.capture(batch_sizes, frames)
+
+    def _programs(self) -> tuple:
+        return tuple(p for p in (self.graphs, self.compiled) if p is not None)
 
     @property
     def exact_lookahead_frames(self) -> int:
@@ -196,7 +211,7 @@ class DecoderStreams:
             for stream in streams:
                 stream.state.num_quantizers = codes.shape[1]
             states = [s.state for s in streams]
-            audio = decode_step(self.model, self.plan, states, codes, compiled=self.compiled, to_host=True)
+            audio = decode_step(self.model, self.plan, states, codes, programs=self._programs(), to_host=True)
             for stream_id, stream, exact, ahead in zip(ids, streams, audio, self._provisional(streams)):
                 out.setdefault(stream_id, []).append(self._emit(stream, exact, ahead))
         ending = self._ending()  # and those whose last frames were just decoded
@@ -262,9 +277,11 @@ class StreamingDecoder:
         play(decoder.flush())              # the rest, at the end of the stream
     """
 
-    def __init__(self, model, lookahead_frames: int | None = None, compiled: CompiledSteps | None = None):
-        """`compiled`: compiled steps (`CompiledSteps`, see `DecoderStreams.compile`) to run."""
-        self.streams = DecoderStreams(model, lookahead_frames=lookahead_frames, compiled=compiled)
+    def __init__(self, model, lookahead_frames: int | None = None, compiled: CompiledSteps | None = None,
+                 graphs: GraphedSteps | None = None):
+        """`compiled`, `graphs`: compiled steps (`CompiledSteps`, see `DecoderStreams.compile`)
+        or CUDA graphs of steps (`GraphedSteps`, see `DecoderStreams.capture_graphs`) to run."""
+        self.streams = DecoderStreams(model, lookahead_frames=lookahead_frames, compiled=compiled, graphs=graphs)
         self._ids: list[int] | None = None
         self._batched: bool | None = None
         self._closed = False

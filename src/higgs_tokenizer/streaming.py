@@ -343,7 +343,7 @@ def decode_step(
     states: list[DecoderState],
     codes: torch.Tensor | None,
     end_frames: int | None = None,
-    compiled=None,
+    programs: tuple = (),
     to_host: bool = False,
 ) -> list[torch.Tensor]:
     """Advance a batch of streams by the same number of frames; each stream's new audio.
@@ -353,8 +353,8 @@ def decode_step(
     the decoder's zero padding (default `plan.end_frames`, all of them; fewer give only
     the first of the last samples). A stream's audio starts once its first samples are
     final and stops at its length; everything in between equals one-shot decoding of the
-    whole stream. `compiled`: a `CompiledSteps`, which runs steady steps of the shapes it
-    has compiled. `to_host`: the audio in float32 on the CPU, moved there in one transfer
+    whole stream. `programs`: `CompiledSteps` or `GraphedSteps`, the first of which that
+    has a steady step's shape runs it (any other step runs eagerly). `to_host`: the audio in float32 on the CPU, moved there in one transfer
     for the batch (not one per stream, each of which waits for the device).
 
     Afterwards each state's histories are its row of the step's batch, which a next step
@@ -371,7 +371,11 @@ def decode_step(
             x = torch.zeros(len(states), channels, frames, dtype=model.dtype, device=model.device)
         else:
             x = model.decoder_latents(codes.to(model.device))
-        run = compiled.step_for(x.shape[0], x.shape[-1]) if compiled is not None and step.steady else None
+        run = None
+        for program in programs if step.steady else ():
+            run = program.step_for(x.shape[0], x.shape[-1])
+            if run is not None:
+                break
         result = run(step.buffers, x) if run is not None else None
         if result is not None:
             audio, step.buffers = result

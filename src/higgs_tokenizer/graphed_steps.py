@@ -1,0 +1,159 @@
+"""Streaming steps captured as CUDA graphs: a steady step replayed as one launch.
+
+A 1-frame step runs 400-odd small kernels (convs, Snakes, history updates); on a GPU,
+launching them costs more than running them until the batch is large. Captured once
+per shape (streams in the batch, frames per step) into a CUDA graph, the step is one
+replay: the histories are copied into the graph's inputs, unless they are its own
+outputs from the step before (a steady stream of steps), the latents too, and the new
+histories come back in one copy (the states own that copy: nothing a state holds is
+written by a later replay, so a `GraphedSteps` can serve several `DecoderStreams`).
+
+Only steady steps run graphed (no value to zero, as `CompiledSteps`); any other step,
+and any shape not captured, runs eagerly on the same states. The graphs read the
+decoder's weights where they were at capture: a change of weights (seen as
+`CompiledSteps` sees it) drops the graphs, with a warning, until `capture` is called
+again. Their memory is the activations of one step of each shape, from one pool that
+the shapes share, and each shape's inputs.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+
+import torch
+
+from .runtime import full_float32
+from .streaming import _time_major, new_state, steady_layers
+from .weights_key import DecoderWeights
+
+
+class GraphedSteps:
+    """A model's steady streaming step, captured as CUDA graphs for chosen (batch, frames)
+    shapes."""
+
+    def __init__(self, model, graphs: bool = True):
+        """`graphs=False` runs the same steps without capturing them (each replay calls the
+        step on the graph's buffers): what a CPU can check of this class."""
+        if graphs and model.device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a model on a CUDA device; this one is on {model.device}")
+        self.model, self._graphs = model, graphs
+        self._weights = DecoderWeights(model.acoustic_decoder)
+        self._captured: dict[tuple[int, int], _Graph] = {}
+        self._settings = None  # what the graphs were captured with: weights, dtype, TF32
+        self._pool = None
+        self._lock = threading.Lock()  # one replay at a time: the graphs' buffers are shared
+        self.steps_run = 0  # steps that ran graphed
+
+    @property
+    def shapes(self) -> set[tuple[int, int]]:
+        return set(self._captured)
+
+    def capture(self, batch_sizes=(1,), frames=(1,)) -> None:
+        """Capture the step now for every pair of batch size and frames per step."""
+        shapes = {(int(b), int(k)) for b in batch_sizes for k in frames}
+        if any(b < 1 or k < 1 for b, k in shapes):
+            raise ValueError(f"batch sizes and frames must be positive, got {sorted(shapes)}")
+        if self._settings != self._current_settings():
+            self._captured, self._pool = {}, None
+            self._settings = self._current_settings()
+        if self._graphs and self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        with self._lock:
+            for shape in sorted(shapes - set(self._captured)):
+                self._captured[shape] = _Graph(self.model, *shape, self._pool if self._graphs else None)
+
+    def step_for(self, batch: int, frames: int):
+        """The graphed step for this shape, `(buffers, latents) -> (audio, buffers)`, or None
+        when it was not captured (or the weights changed since)."""
+        graph = self._captured.get((batch, frames))
+        if graph is None:
+            return None
+        if self._settings != self._current_settings():
+            warnings.warn("the model's weights or precision changed since its streaming steps were captured: "
+                          "steps run eagerly until GraphedSteps.capture is called again", stacklevel=3)
+            self._captured, self._pool = {}, None
+            return None
+
+        def run(buffers: dict[str, torch.Tensor], latents: torch.Tensor):
+            with self._lock:
+                result = graph.run(buffers, latents)
+            self.steps_run += 1
+            return result
+
+        return run
+
+    def _current_settings(self) -> tuple:
+        return self._weights.key(), self.model.dtype, self.model.allow_tf32
+
+
+class _Graph:
+    """One shape's graph: its input buffers (histories, latents), its audio, and its replay."""
+
+    def __init__(self, model, batch: int, frames: int, pool):
+        decoder, device, dtype = model.acoustic_decoder, model.device, model.dtype
+        time_major = _time_major(device)
+        self.layout = _FlatLayout(new_state(model).buffers, batch, time_major)
+        self._flat_inputs = torch.zeros(self.layout.size, dtype=dtype, device=device)
+        self.inputs = self.layout.views(self._flat_inputs)
+        self.latents = torch.zeros(batch, decoder.conv1.in_channels, frames, dtype=dtype, device=device)
+        self._last: dict[str, torch.Tensor] | None = None  # the histories this graph gave out last
+
+        def step() -> torch.Tensor:
+            # The new histories go back into the inputs, so that a steady stream of steps needs
+            # no copy in; the states get a copy of them (`run`).
+            with torch.inference_mode(), full_float32(device, dtype, enabled=not model.allow_tf32):
+                audio, buffers = steady_layers(decoder, self.inputs, self.latents, time_major)
+                for name, view in self.inputs.items():
+                    view.copy_(buffers[name])
+            return audio
+
+        if pool is None:  # not captured: each replay runs the step
+            self._step, self.audio = step, None
+            return
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(3):  # kernels chosen and caches filled (derived weights) before capture
+                step()
+        torch.cuda.current_stream(device).wait_stream(side)
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self._graph, pool=pool):
+            self.audio = step()
+        self._step = None
+
+    def run(self, buffers: dict[str, torch.Tensor], latents: torch.Tensor):
+        """Copy the step's inputs in, replay, and copy its outputs out: the audio, and the new
+        histories in one flat tensor of their own."""
+        last = self._last
+        if last is None or any(buffers[name] is not last[name] for name in last):
+            for name, view in self.inputs.items():  # other streams than the last step's
+                view.copy_(buffers[name])
+        self.latents.copy_(latents)
+        if self._step is not None:
+            self.audio = self._step()
+        else:
+            self._graph.replay()
+        self._last = self.layout.views(self._flat_inputs.clone())
+        return self.audio.clone(), dict(self._last)
+
+
+class _FlatLayout:
+    """A batch's histories in one flat tensor, each place a view of it laid out as a step
+    lays out its histories: a batch is then copied in one operation."""
+
+    def __init__(self, template: dict[str, torch.Tensor], batch: int, time_major: bool):
+        self.shapes = {name: (t.shape[1], t.shape[2]) for name, t in template.items()}  # (channels, length)
+        self.batch, self.time_major = batch, time_major
+        self.size = sum(batch * channels * length for channels, length in self.shapes.values())
+
+    def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        views, offset = {}, 0
+        for name, (channels, length) in self.shapes.items():
+            part = flat[offset : offset + self.batch * channels * length]
+            offset += part.numel()
+            if self.time_major:
+                views[name] = part.view(self.batch, length, channels).transpose(1, 2)
+            else:
+                views[name] = part.view(self.batch, channels, length)
+        return views

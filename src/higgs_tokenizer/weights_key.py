@@ -1,0 +1,40 @@
+"""What identifies a module's weights as they are now, cheaply enough to check on every
+streaming step: programs that hold the weights (compiled steps, CUDA graphs) must not run
+on after they change."""
+
+from __future__ import annotations
+
+import weakref
+
+from torch import nn
+
+
+class DecoderWeights:
+    """Watches the weights of a module and its submodules: `key()` changes when one is
+    replaced, moved, cast or modified in place, or a checkpoint is loaded into the module.
+
+    Writes that leave no trace are not seen: through `.data`, and in place under inference
+    mode on weights made under it (inference tensors keep no version counter), except by
+    `load_state_dict`, which this counts.
+    """
+
+    def __init__(self, module: nn.Module):
+        # Where each weight is, found once: walking the modules on every step would cost more
+        # than the step's other checks together. A bias of None counts too.
+        self._places = [(m, name) for m in module.modules() for name in m._parameters]
+        self._loads = 0
+        reference = weakref.ref(self)  # the module must not keep this alive
+        module.register_load_state_dict_pre_hook(lambda *args: _count_load(reference))
+
+    def key(self) -> tuple:
+        weights = (module._parameters.get(name) for module, name in self._places)
+        return self._loads, tuple(
+            None if t is None else (t.data_ptr(), None if t.is_inference() else t._version, t.dtype, t.device)
+            for t in weights
+        )
+
+
+def _count_load(reference: "weakref.ref[DecoderWeights]") -> None:
+    watcher = reference()
+    if watcher is not None:
+        watcher._loads += 1
