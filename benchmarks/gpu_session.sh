@@ -12,10 +12,13 @@
 #   workspace.md   float32 again with cuDNN's workspace capped (CUDNN_CONV_WSCAP_DBG): is
 #                  that what the largest calls' memory is?
 #   profile.md     encode and decode time per part against the card's rates (profile_parts.py)
-#   streams.md     batched 1-frame and 5-frame decoder steps, 1 to 1024 streams (streaming.py)
+#   tests.md       the CUDA graph tests (tests/test_graphed_steps.py; the CPU skips the capture)
+#   streams.md     batched 1-frame and 5-frame decoder steps, 1 to 1024 streams, eager and as
+#                  CUDA graphs, taking turns (streaming.py)
+#   overhead.md    the streaming engine's host time per stream, its layers left out
 #   corpus.md      tokenize-dataset end to end against the model alone on the same clips
 #   serve.md       the server's streams at real-time pace with an encoding client
-# Each step has its own time limit (about 9 minutes in all, with the model's making), so
+# Each step has its own time limit (under 9 minutes in all, and the model's making), so
 # that one slow step cannot cost the others; STEPS="streams serve" runs only those. To try
 # the flow without a GPU: DEVICE=cpu QUICK=1 PYTHON=.venv/bin/python bash benchmarks/gpu_session.sh run
 set -uo pipefail
@@ -26,11 +29,13 @@ prepare)
     shared=${HIGGS_SHARED_DIR:-../shared}
     grep -qx '/.gpu/' .git/info/exclude || echo '/.gpu/' >> .git/info/exclude
     rm -rf .gpu && mkdir -p .gpu/whl .gpu/shared
+    mkdir -p .gpu/shared/fixtures && cp -r "$shared/fixtures/tiny-24k" .gpu/shared/fixtures/ || exit 1
     cp -r "$shared/audio" "$shared/reference" .gpu/shared/ || exit 1
-    # The device's Python is 3.12; the names are what its image lacks (soundfile needs cffi).
+    # The device's Python is 3.12; the names are what its image lacks (soundfile needs cffi;
+    # pytest, for the CUDA graph tests, its own four).
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-        -d .gpu/whl soundfile soxr cffi pycparser starlette uvicorn websockets || exit 1
+        -d .gpu/whl soundfile soxr cffi pycparser starlette uvicorn websockets pytest pluggy iniconfig packaging pygments || exit 1
     du -sh .gpu
     ;;
 run)
@@ -60,18 +65,24 @@ run)
     [ -n "$model" ] || model=$("$python" -c "import sys; sys.path.insert(0, 'benchmarks'); from common import prepare_model_and_inputs as p; print(p()[0])" | tail -n 1)
     [ -d "$model" ] || { echo "no model ($model): the benchmarks' model could not be made"; exit 1; }
     echo "model: $model, made after $SECONDS s"
-    steps=" ${STEPS:-throughput workspace profile streams corpus serve} "
+    steps=" ${STEPS:-tests throughput workspace profile streams overhead corpus serve} "
+    graphs=() && [[ $device == cuda* ]] && graphs=(--graphs)
+    case $steps in *" tests "*)
+        step tests 40 -m pytest -q -p no:cacheprovider tests/test_graphed_steps.py ;; esac
     case $steps in *" throughput "*)
-        step throughput 140 benchmarks/throughput.py --model "$model" --device "$device" "${mix[@]}" --quality ;; esac
+        step throughput 130 benchmarks/throughput.py --model "$model" --device "$device" "${mix[@]}" --quality ;; esac
     case $steps in *" workspace "*)  # is the float32 peak cuDNN's workspace? the same batches with it capped at 1 GiB
         CUDNN_CONV_WSCAP_DBG=1024 step workspace 45 benchmarks/throughput.py --model "$model" --device "$device" \
             "${mix[@]}" --precisions float32 --batch-sizes 8 32 --batch-seconds --reference no ;; esac
     case $steps in *" profile "*)
         step profile 40 benchmarks/profile_parts.py --model "$model" --device "$device" ;; esac
     case $steps in *" streams "*)
-        step streams 90 benchmarks/streaming.py streams --model "$model" --device "$device" --counts "${counts[@]}" --frames 40 ;; esac
+        step streams 110 benchmarks/streaming.py streams --model "$model" --device "$device" --counts "${counts[@]}" \
+            --frames 40 "${graphs[@]}" ;; esac
+    case $steps in *" overhead "*)
+        step overhead 30 benchmarks/streaming.py overhead --model "$model" --device "$device" --frames 20 ;; esac
     case $steps in *" corpus "*)
-        step corpus 70 benchmarks/corpus.py --model "$model" --engines local --device "$device" "${mix[@]}" --batch-seconds 320 ;; esac
+        step corpus 60 benchmarks/corpus.py --model "$model" --engines local --device "$device" "${mix[@]}" --batch-seconds 320 ;; esac
     case $steps in *" serve "*)
         step serve 70 benchmarks/serve_load.py --model "$model" --encoders 1 "${load[@]}" --server-args --device "$device" ;; esac
     ;;

@@ -6,7 +6,7 @@
     python benchmarks/streaming.py streams --frames 40 --compile   # streams held, compiled steps
     python benchmarks/streaming.py lookahead                       # error of lower latency
     python benchmarks/streaming.py overhead --model ../shared/fixtures/tiny-24k --frames 40   # host time per stream
-    python benchmarks/streaming.py streams --device cuda --counts 1 64 256 1024   # on a GPU
+    python benchmarks/streaming.py streams --device cuda --counts 1 64 256 1024 --graphs   # on a GPU
 
 The model is the benchmarks' full-size one with seeded random weights (common.py), or
 `--model DIR`. "Old" is the engine this project shipped before: every push decodes the
@@ -133,20 +133,27 @@ def bench_streams(args, model):
     of a step, and whether it keeps up with real time (a step must take less than the audio
     its frames make). The counts take turns for `--rounds` rounds of `--frames` frames, so a
     slow spell of a shared machine does not fall on one count; a count's figure is the
-    median step over its rounds (past each round's first quarter)."""
+    median step over its rounds (past each round's first quarter). With `--graphs`, the
+    same steps captured as CUDA graphs take turns with the eager ones."""
     frame_ms = 1000 / model.config.frame_rate
-    print("| streams | frames per push | ms per step (median) | audio ms per step | real time |")
-    print("| --- | --- | --- | --- | --- |")
+    kinds = ("eager", "graphed") if args.graphs else ("compiled",) if args.compile else ("eager",)
+    print(f"| streams | frames per push | {' | '.join(f'ms per step, {kind} (median)' for kind in kinds)} "
+          "| audio ms per step | real time |")
+    print("| --- | --- | " + "--- | " * len(kinds) + "--- | --- |")
     for push in args.push:
-        engines = {count: DecoderStreams(model) for count in args.counts}
-        if args.compile:
-            started = time.perf_counter()
-            for count, streams in engines.items():
+        engines = {(count, kind): DecoderStreams(model) for count in args.counts for kind in kinds}
+        started = time.perf_counter()
+        for (count, kind), streams in engines.items():
+            if kind == "compiled":
                 streams.compile(batch_sizes=(count,), frames=(push,))
-            print(f"(compiled the {push}-frame steps in {time.perf_counter() - started:.0f} s)", flush=True)
-        times: dict[int, list[float]] = {count: [] for count in args.counts}
+            elif kind == "graphed":
+                streams.capture_graphs(batch_sizes=(count,), frames=(push,))
+        if kinds != ("eager",):
+            print(f"(made the {push}-frame steps in {time.perf_counter() - started:.0f} s)", flush=True)
+        times: dict[tuple[int, str], list[float]] = {key: [] for key in engines}
         for _ in range(args.rounds):
-            for count, streams in engines.items():
+            for key, streams in engines.items():
+                count = key[0]
                 ids = [streams.add() for _ in range(count)]
                 codes = [torch.randint(0, 1024, (8, args.frames), generator=torch.Generator().manual_seed(i)) for i in range(count)]
                 steps = []
@@ -154,16 +161,26 @@ def bench_streams(args, model):
                     for i, stream_id in enumerate(ids):
                         streams.push(stream_id, codes[i][:, f : f + push])
                     steps.append(_timed(streams.step))
-                times[count] += steps[len(steps) // 4 :]
+                times[key] += steps[len(steps) // 4 :]
                 for stream_id in ids:
                     streams.remove(stream_id)
-        held = 0
+        held = dict.fromkeys(kinds, 0)
         for count in sorted(args.counts):
-            step = statistics.median(times[count])
-            keeps_up = 1000 * step < push * frame_ms
-            held = count if keeps_up and held == max([0] + [c for c in args.counts if c < count]) else held
-            print(f"| {count} | {push} | {1000 * step:.0f} | {push * frame_ms:.0f} | {'yes' if keeps_up else 'no'} |", flush=True)
-        print(f"| **{held}** | {push} | | | most streams in real time (every count up to it keeps up) |")
+            medians = {kind: statistics.median(times[count, kind]) for kind in kinds}
+            for kind, step in medians.items():
+                keeps_up = 1000 * step < push * frame_ms
+                if keeps_up and held[kind] == max([0] + [c for c in args.counts if c < count]):
+                    held[kind] = count
+            fastest = min(medians.values())
+            cells = " | ".join(f"{1000 * step:.1f}" for step in medians.values())
+            print(f"| {count} | {push} | {cells} | {push * frame_ms:.0f} | "
+                  f"{'yes' if 1000 * fastest < push * frame_ms else 'no'} |", flush=True)
+        cells = " | ".join(f"**{held[kind]}**" for kind in kinds)
+        print(f"| most in real time | {push} | {cells} | | every count up to it keeps up |")
+    if args.graphs:
+        for (count, kind), streams in engines.items():
+            if kind == "graphed" and streams.graphs.steps_run == 0:
+                print(f"(the graphs of {count} streams never ran)")
 
 
 @torch.inference_mode()
@@ -237,6 +254,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="streams: turns each count takes")
     ap.add_argument("--lookaheads", type=int, nargs="+", default=list(range(11)))
     ap.add_argument("--compile", action="store_true", help="push: also the compiled step; streams: compiled steps only")
+    ap.add_argument("--graphs", action="store_true", help="streams: eager steps and steps captured as CUDA graphs")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--precision", default="float32", help="float32 (default), tf32, bfloat16 or float16")
     args = ap.parse_args()
