@@ -66,7 +66,8 @@ run)
     [ -d "$model" ] || { echo "no model ($model): the benchmarks' model could not be made"; exit 1; }
     echo "model: $model, made after $SECONDS s"
     steps=" ${STEPS:-tests throughput workspace profile streams overhead corpus serve} "
-    graphs=() && [[ $device == cuda* ]] && graphs=(--graphs)
+    graphs=() graph_steps=()
+    [[ $device == cuda* ]] && graphs=(--graphs) graph_steps=(--graph-steps "${load[1]}")
     case $steps in *" tests "*)
         step tests 40 -m pytest -q -p no:cacheprovider tests/test_graphed_steps.py ;; esac
     case $steps in *" throughput "*)
@@ -84,7 +85,8 @@ run)
     case $steps in *" corpus "*)
         step corpus 60 benchmarks/corpus.py --model "$model" --engines local --device "$device" "${mix[@]}" --batch-seconds 320 ;; esac
     case $steps in *" serve "*)
-        step serve 70 benchmarks/serve_load.py --model "$model" --encoders 1 "${load[@]}" --server-args --device "$device" ;; esac
+        step serve 70 benchmarks/serve_load.py --model "$model" --encoders 1 "${load[@]}" --server-args --device "$device" --max-streams "${load[1]}" \
+            "${graph_steps[@]}" ;; esac
     ;;
 *)
     echo "usage: bash benchmarks/gpu_session.sh prepare|run"; exit 2

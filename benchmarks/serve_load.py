@@ -181,7 +181,8 @@ async def run(args, server: Server) -> None:
     if steps:
         print(f"decoder steps: {steps:.0f}, {metrics['higgs_stream_step_streams_sum'] / steps:.2f} streams and "
               f"{1000 * metrics['higgs_stream_step_seconds_sum'] / steps:.1f} ms each on average, "
-              f"{metrics.get('higgs_stream_compiled_steps_total', 0):.0f} of them compiled")
+              f"{metrics.get('higgs_stream_compiled_steps_total', 0):.0f} of them compiled, "
+              f"{metrics.get('higgs_stream_graphed_steps_total', 0):.0f} CUDA graphs")
     marks = [rss[0], *rss[len(rss) // 4 :: max(1, len(rss) // 4)], rss[-1]]
     print("server RSS (MiB) over time: " + ", ".join(f"{t:.0f} s: {m:.0f}" for t, m in marks))
 

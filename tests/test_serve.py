@@ -328,7 +328,16 @@ def test_compiled_steps_give_the_same_audio(tokenizer, speech):
         assert process.stop() in STOPPED, process.log()
 
 
-def test_health_and_metrics(server):
+def test_graph_steps_need_a_cuda_model():
+    """`--graph-steps` on a CPU model: the server does not start, and says why."""
+    with pytest.raises(RuntimeError, match="exited with 2(.|\n)*CUDA graphs need a model on a CUDA device"):
+        ServerProcess(fixture_dir("tiny-24k"), "--graph-steps", "1", startup_seconds=60)
+
+
+def test_health_and_metrics(server, tokenizer, speech):
+    samples, rate = speech  # an encode and a stream of its own: histograms appear once observed
+    assert httpx.post(server.url + "/v1/encode", content=wav_bytes(samples[:rate], rate)).status_code == 200
+    asyncio.run(_stream(server, _frames_binary(tokenizer.encode((samples[:rate], rate)), 5)))
     assert httpx.get(server.url + "/health").json() == {"status": "ok", "version": httpx.get(server.url + "/v1/info").json()["version"],
                                                        "model": str(fixture_dir("tiny-24k"))}
     text = httpx.get(server.url + "/metrics").text

@@ -312,6 +312,7 @@ def cmd_serve(args) -> int:
         host=args.host, port=args.port, max_streams=args.max_streams, max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms, max_upload_mb=args.max_upload_mb, max_audio_seconds=args.max_audio_seconds,
         stream_idle_seconds=args.stream_idle_seconds, compiled_step_streams=args.compile_steps,
+        graphed_step_streams=args.graph_steps,
     )
     tokenizer = _load_tokenizer(args)
     tokenizer.batch_size = settings.max_batch
@@ -561,6 +562,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile-steps", type=int, default=0, metavar="N",
                    help="compile the decoder's steps of 1 to N streams before serving (torch.compile: faster "
                         "steps, a minute or more to start; needs a C++ compiler on the CPU; default 0: none)")
+    p.add_argument("--graph-steps", type=int, default=0, metavar="N",
+                   help="capture the decoder's steps of 1 to N streams as CUDA graphs before serving (with "
+                        "--device cuda: a step is one launch instead of hundreds; default 0: none)")
     p.set_defaults(run=cmd_serve)
 
     p = add("evaluate", "measure what the codec does to audio files: metrics, CSV/JSON and an HTML report "

@@ -489,6 +489,11 @@ def run(tokenizer, settings: ServeSettings) -> int:
         app.state.engine.compile_steps()
         log.info("compiled the decoder's 1-frame steps of 1 to %d streams in %.0f s",
                  settings.compiled_step_streams, time.perf_counter() - started)
+    if settings.graphed_step_streams:
+        started = time.perf_counter()
+        app.state.engine.capture_graphs()
+        log.info("captured the decoder's 1-frame steps of 1 to %d streams as CUDA graphs in %.0f s",
+                 settings.graphed_step_streams, time.perf_counter() - started)
     app.state.live_on_main_thread = True
     # What is alive now (PyTorch, the model, the app: 180 thousand objects) lives until the
     # end: kept out of the collector's full passes, which walked it in 72-84 ms each while

@@ -31,6 +31,7 @@ from typing import Protocol
 import torch
 
 from .. import compiled_steps
+from ..graphed_steps import GraphedSteps
 from ..decoder_streams import DecoderStreams
 from .metrics import Metrics
 from .settings import ServeSettings
@@ -87,12 +88,19 @@ class Engine:
         self._live_elsewhere = False
         self._threads: list[threading.Thread] = []
         self.compiled = compiled_steps.shared(tokenizer.model) if settings.compiled_step_streams else None
+        self.graphs = GraphedSteps(tokenizer.model) if settings.graphed_step_streams else None  # CUDA only: checked
 
     def compile_steps(self) -> None:
         """Compile the decoder's 1-frame steps of 1 to `compiled_step_streams` streams (before
         serving: a live step must not wait for a compiler)."""
         if self.compiled is not None:
             self.compiled.compile(batch_sizes=range(1, self.settings.compiled_step_streams + 1), frames=(1,))
+
+    def capture_graphs(self) -> None:
+        """Capture the decoder's 1-frame steps of 1 to `graphed_step_streams` streams as CUDA
+        graphs (before serving)."""
+        if self.graphs is not None:
+            self.graphs.capture(batch_sizes=range(1, self.settings.graphed_step_streams + 1), frames=(1,))
 
     def start(self, live_in_this_process_main_thread: bool = False) -> None:
         """Start the bulk worker, and the live one in a thread of its own unless the caller
@@ -188,7 +196,7 @@ class Engine:
             if lookahead not in engines:
                 engines[lookahead] = DecoderStreams(  # one compiled step serves every lookahead
                     self.tokenizer.model, lookahead_frames=lookahead, max_frames_per_step=self.settings.max_frames_per_step,
-                    compiled=self.compiled,
+                    compiled=self.compiled, graphs=self.graphs,
                 )
             streams = engines[lookahead]
             live[stream_id] = _LiveStream(streams, streams.add(), sink)
@@ -213,11 +221,11 @@ class Engine:
             if not any(s.ending or streams.frames_waiting(s.inner_id) for s in members.values()):
                 continue
             decoded = {sid: streams.frames_decoded(s.inner_id) for sid, s in members.items()}
-            started, compiled = time.perf_counter(), self.compiled.steps_run if self.compiled else 0
+            started, compiled, graphed = time.perf_counter(), _steps_run(self.compiled), _steps_run(self.graphs)
             out = streams.step()
             self.metrics.step_seconds.observe(time.perf_counter() - started)
-            if self.compiled and self.compiled.steps_run > compiled:
-                self.metrics.compiled_steps.inc(self.compiled.steps_run - compiled)
+            self.metrics.compiled_steps.inc(_steps_run(self.compiled) - compiled)
+            self.metrics.graphed_steps.inc(_steps_run(self.graphs) - graphed)
             with self._cond:
                 for sid, s in members.items():
                     if sid in self._waiting:
@@ -336,3 +344,7 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BULK_NICE)
     except (AttributeError, OSError) as err:  # not Linux, or not allowed: the policy still holds, unenforced
         log.warning("could not lower the bulk worker's priority (%s): long requests may slow live streams", err)
+
+
+def _steps_run(programs) -> int:
+    return programs.steps_run if programs is not None else 0

@@ -120,11 +120,12 @@ class Metrics:
         self.step_streams = Histogram("higgs_stream_step_streams", "Streams advanced per decoder step.", COUNT_BUCKETS)
         self.step_seconds = Histogram("higgs_stream_step_seconds", "Time of one batched decoder step.", LATENCY_BUCKETS)
         self.compiled_steps = Counter("higgs_stream_compiled_steps_total", "Decoder steps that ran compiled (--compile-steps).")
+        self.graphed_steps = Counter("higgs_stream_graphed_steps_total", "Decoder steps that ran as CUDA graphs (--graph-steps).")
         self.active_streams = Gauge("higgs_active_streams", "Decode streams open now.")
         self.audio_seconds_in = Counter("higgs_audio_seconds_in_total", "Seconds of audio encoded.")
         self.audio_seconds_out = Counter("higgs_audio_seconds_out_total", "Seconds of audio decoded (requests and streams).")
 
     def render(self) -> str:
         metrics = (self.requests, self.latency, self.encode_batch, self.step_streams, self.step_seconds,
-                   self.compiled_steps, self.active_streams, self.audio_seconds_in, self.audio_seconds_out)
+                   self.compiled_steps, self.graphed_steps, self.active_streams, self.audio_seconds_in, self.audio_seconds_out)
         return "\n".join(line for metric in metrics for line in metric.render()) + "\n"

@@ -21,6 +21,7 @@ class ServeSettings:
     stream_idle_seconds: float = 30.0  # a stream that sends nothing for this long is closed
     max_pending_requests: int = 64  # encode and decode requests queued; more get 503
     compiled_step_streams: int = 0  # decoder steps of 1 to this many streams compiled at start (0: none)
+    graphed_step_streams: int = 0  # ... captured as CUDA graphs at start (0: none; a CUDA model only)
 
     def __post_init__(self):
         for name in ("max_streams", "max_batch", "max_frames_per_message", "max_frames_per_step", "max_frames_waiting",
@@ -32,9 +33,9 @@ class ServeSettings:
                 raise ValueError(f"{name} must be positive and finite, got {getattr(self, name)}")
         if not 0 <= self.max_wait_ms < math.inf:
             raise ValueError(f"max_wait_ms must be at least 0 and finite, got {self.max_wait_ms}")
-        if not 0 <= self.compiled_step_streams <= self.max_streams:
-            raise ValueError(f"compiled_step_streams must be from 0 to max_streams ({self.max_streams}), "
-                             f"got {self.compiled_step_streams}")
+        for name in ("compiled_step_streams", "graphed_step_streams"):
+            if not 0 <= getattr(self, name) <= self.max_streams:
+                raise ValueError(f"{name} must be from 0 to max_streams ({self.max_streams}), got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be from 0 to 65535, got {self.port}")
 
