@@ -188,7 +188,9 @@ def bench_overhead(args, model):
     """The engine's host time per stream, apart from the decoder's layers: what a step of
     many streams costs however fast the device is (checking and queueing pushes, stacking
     states, handing out audio). The layers are stood in for by copies of the histories and
-    silent audio, so this measures everything a step does but their arithmetic."""
+    silent audio, so this measures everything a step does but their arithmetic. With
+    `--sit-out P`, each stream skips a step's push with probability P (as streams of a
+    server do): the steps then gather and copy the states of streams that join and leave."""
 
     def no_layers(decoder, step, x):
         for name, history in step.buffers.items():
@@ -202,9 +204,11 @@ def bench_overhead(args, model):
         streams = DecoderStreams(model)
         ids = [streams.add() for _ in range(count)]
         codes = torch.randint(0, 1024, (8, args.frames), generator=torch.Generator().manual_seed(0))
+        rng = np.random.default_rng(0)
         pushes, steps = [], []
         for f in range(args.frames):
-            pushes.append(_timed(lambda: [streams.push(stream_id, codes[:, f : f + 1]) for stream_id in ids]))
+            pushing = [stream_id for stream_id in ids if rng.random() >= args.sit_out]
+            pushes.append(_timed(lambda: [streams.push(stream_id, codes[:, f : f + 1]) for stream_id in pushing]))
             steps.append(_timed(streams.step))
         push, step = statistics.median(pushes[args.frames // 4 :]), statistics.median(steps[args.frames // 4 :])
         print(f"| {count} | {1000 * push:.2f} | {1e6 * push / count:.1f} | {1000 * step:.2f} | {1e6 * step / count:.1f} |", flush=True)
@@ -255,6 +259,7 @@ def main():
     ap.add_argument("--lookaheads", type=int, nargs="+", default=list(range(11)))
     ap.add_argument("--compile", action="store_true", help="push: also the compiled step; streams: compiled steps only")
     ap.add_argument("--graphs", action="store_true", help="streams: eager steps and steps captured as CUDA graphs")
+    ap.add_argument("--sit-out", type=float, default=0.0, help="overhead: chance a stream skips a step's push")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--precision", default="float32", help="float32 (default), tf32, bfloat16 or float16")
     args = ap.parse_args()

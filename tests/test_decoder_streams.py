@@ -124,8 +124,8 @@ def test_a_steady_batch_is_not_copied_and_idle_streams_let_it_go(model, monkeypa
     for _ in range(4):
         batches = step(ids, False)
         assert batches[a] is batches[b] is batches[c] is not None and batches[a].size == 3
-    batches = step([a, b], True)  # c sits out: a and b are picked, c holds a copy of its own
-    assert batches[a] is batches[b] and batches[a].size == 2 and batches[c] is None
+    batches = step([a, b], True)  # c sits out: a and b are picked, c takes a copy of its rows
+    assert batches[a] is batches[b] and batches[a].size == 2 and batches[c].size == 1
     batches = step([a, b], False)
     batches = step(ids, True)  # c joins again
     assert batches[a] is batches[c] and batches[a].size == 3

@@ -15,6 +15,7 @@ from test_streaming import STREAM_TOL
 from higgs_tokenizer import graphed_steps
 from higgs_tokenizer.decoder_streams import DecoderStreams, StreamingDecoder
 from higgs_tokenizer.graphed_steps import GraphedSteps
+from higgs_tokenizer.streaming import decode_step
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +53,47 @@ def test_graphed_steps_give_the_eager_audio(model, monkeypatch):
     # Steady steps ran graphed: those of both streams, then of a alone. The histories were
     # copied in only when the batch changed (first, and when b left), not at each step.
     assert graphs.steps_run >= 15 and 1 <= sum(copies_in) <= 3 and len(copies_in) == graphs.steps_run
-    # 3-frame pushes, and a stream state handed around: the graph's outputs are the states'
-    # own, so a state taken mid-way still continues as the stream did.
+    # 3-frame pushes, through the graph of 3-frame steps.
     decoder = StreamingDecoder(model, graphs=graphs)
     pieces = [decoder.push(codes["a"][:, i : i + 3]) for i in range(0, 30, 3)]
     pieces.append(decoder.flush())
     assert torch.equal(torch.cat(pieces), stream_audio(DecoderStreams(model), {"a": codes["a"]}, itertools.repeat(3))["a"])
+
+
+@torch.inference_mode()
+def test_fewer_streams_run_in_a_larger_graph_and_states_stay_their_own(model):
+    """Three streams step in the graph of four (a padding row), one sits out a while, and a
+    state saved mid-way continues as its stream did: nothing a state holds is written by a
+    later replay."""
+    assert graphed_steps.bucket_sizes(1) == [1] and graphed_steps.bucket_sizes(6) == [1, 2, 4, 6]
+    graphs = GraphedSteps(model, graphs=False)
+    graphs.capture(batch_sizes=(4,), frames=(1,))
+    streams = DecoderStreams(model, graphs=graphs)
+    ids = [streams.add() for _ in range(3)]
+    codes = {i: random_codes(10 + i, 24) for i in ids}
+    out = {i: [] for i in ids}
+    saved = None
+    for f in range(24):
+        for i in ids:
+            if not (i == ids[2] and 14 <= f < 17):  # the third sits out three steps, then catches up
+                streams.push(i, codes[i][:, f : f + 1])
+            elif f == 16:
+                streams.push(i, codes[i][:, 14:17])
+        for i, piece in streams.step().items():
+            out[i].append(piece)
+        if f == 15:
+            saved = streams._streams[ids[0]].state.branch()  # shares the tensors its stream holds
+    assert graphs.steps_run >= 10
+    for i in ids:
+        streams.end(i)
+    for i, piece in streams.step().items():
+        out[i].append(piece)
+    for i in ids:
+        assert_audio_close(torch.cat(out[i]), one_shot(model, codes[i]), tol=STREAM_TOL)
+    # The saved state, stepped on alone (eagerly), gives what its stream gave after it.
+    first = codes[ids[0]]
+    after = torch.cat(decode_step(model, streams.plan, [saved], first[None, :, 16:]) + decode_step(model, streams.plan, [saved], None))
+    assert_audio_close(after, torch.cat(out[ids[0]])[-len(after) :], tol=STREAM_TOL)
 
 
 @torch.inference_mode()

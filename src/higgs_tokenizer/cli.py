@@ -564,7 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "steps, a minute or more to start; needs a C++ compiler on the CPU; default 0: none)")
     p.add_argument("--graph-steps", type=int, default=0, metavar="N",
                    help="capture the decoder's steps of 1 to N streams as CUDA graphs before serving (with "
-                        "--device cuda: a step is one launch instead of hundreds; default 0: none)")
+                        "--device cuda: a step is one launch instead of hundreds; batches of 1, 2, 4, ... and N, "
+                        "fewer streams padded; default 0: none)")
     p.set_defaults(run=cmd_serve)
 
     p = add("evaluate", "measure what the codec does to audio files: metrics, CSV/JSON and an HTML report "

@@ -31,7 +31,7 @@ import torch
 from . import compiled_steps
 from .compiled_steps import CompiledSteps
 from .graphed_steps import GraphedSteps
-from .streaming import DecoderPlan, DecoderState, decode_step, new_state
+from .streaming import DecoderPlan, DecoderState, decode_step, detach_all, new_state
 
 
 @dataclass
@@ -103,8 +103,9 @@ class DecoderStreams:
 
     def capture_graphs(self, batch_sizes=(1,), frames=(1,)) -> None:
         """Capture the steady step as CUDA graphs (`graphed_steps`) now for these shapes (a
-        model on a CUDA device only): steps of such a shape are then one graph replay each,
-        instead of hundreds of kernel launches."""
+        model on a CUDA device only): a steady step of B streams then runs as one replay of
+        the smallest captured batch of at least B (the rest padded), instead of hundreds of
+        kernel launches. `graphed_steps.bucket_sizes(n)` gives sizes that serve 1 to n."""
         if self.graphs is None:
             self.graphs = GraphedSteps(self.model)
         self.graphs.capture(batch_sizes, frames)
@@ -169,7 +170,8 @@ class DecoderStreams:
             raise ValueError(f"push codes of shape [n_q, frames], got {tuple(codes.shape)}")
         if codes.shape[-1] == 0:
             return codes
-        codes = self.model.check_codes(codes[None], to_device=False)[0]  # moved with the step's batch
+        # On the host, and our own copy (a caller may reuse its tensor): moved with the step's batch.
+        codes = self.model.check_codes(codes[None], to_device=False)[0].to("cpu", copy=True)
         expected = stream.state.num_quantizers or (stream.waiting[0].shape[0] if stream.waiting else None)
         if expected is not None and codes.shape[0] != expected:
             raise ValueError(f"pushed codes have {codes.shape[0]} quantizers; this stream has {expected}")
@@ -231,9 +233,7 @@ class DecoderStreams:
         now leave the batch they shared behind: otherwise idle streams would keep one old batch
         each alive."""
         left_behind = {id(batch) for i in stepping if (batch := self._streams[i].state.batch) is not None}
-        for stream_id, stream in self._streams.items():
-            if stream_id not in stepping and id(stream.state.batch) in left_behind:
-                stream.state.detach()
+        detach_all([s.state for i, s in self._streams.items() if i not in stepping and id(s.state.batch) in left_behind])
 
     def _provisional(self, streams: list[_Stream]) -> list[torch.Tensor | None]:
         """Each stream's audio past its final part, as if it ended now, where the lookahead
@@ -256,7 +256,7 @@ class DecoderStreams:
             target = max(target, (stream.state.frames - self.lookahead_frames) * self.plan.hop)
             first = max(stream.emitted, stream.exact)
             pieces.append(ahead[first - stream.exact : target - stream.exact])
-        audio = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+        audio = torch.cat(pieces)  # a copy: a view would keep the whole step's audio alive
         stream.emitted = max(stream.emitted, target)
         return audio
 

@@ -8,12 +8,19 @@ outputs from the step before (a steady stream of steps), the latents too, and th
 histories come back in one copy (the states own that copy: nothing a state holds is
 written by a later replay, so a `GraphedSteps` can serve several `DecoderStreams`).
 
+A step of B streams runs in the smallest captured batch of at least B, its other rows
+padding (a batch's rows never mix), so a few captured sizes (`bucket_sizes`: 1, 2, 4, ...)
+serve every count: each shape holds its inputs and the last histories it gave out, two
+copies of its batch's state (0.46 MiB a stream at full size), and the shapes share one
+pool for their activations.
+
 Only steady steps run graphed (no value to zero, as `CompiledSteps`); any other step,
 and any shape not captured, runs eagerly on the same states. The graphs read the
-decoder's weights where they were at capture: a change of weights (seen as
-`CompiledSteps` sees it) drops the graphs, with a warning, until `capture` is called
-again. Their memory is the activations of one step of each shape, from one pool that
-the shapes share, and each shape's inputs.
+decoder's weights where they were at capture: a change of weights, dtype or TF32 setting
+(seen as `CompiledSteps` sees it) drops the graphs, with a warning, until `capture` is
+called again. Capture while no other thread uses the GPU (CUDA refuses a capture that
+meets another thread's work): `higgs-tokenizer serve --graph-steps` captures before it
+serves.
 """
 
 from __future__ import annotations
@@ -26,6 +33,16 @@ import torch
 from .runtime import full_float32
 from .streaming import _time_major, new_state, steady_layers
 from .weights_key import DecoderWeights
+
+
+def bucket_sizes(most: int) -> list[int]:
+    """Batch sizes to capture so that every count of streams up to `most` has one at most
+    twice its size: the powers of two below `most`, and `most`."""
+    sizes, size = [], 1
+    while size < most:
+        sizes.append(size)
+        size *= 2
+    return sizes + [most]
 
 
 class GraphedSteps:
@@ -42,7 +59,7 @@ class GraphedSteps:
         self._captured: dict[tuple[int, int], _Graph] = {}
         self._settings = None  # what the graphs were captured with: weights, dtype, TF32
         self._pool = None
-        self._lock = threading.Lock()  # one replay at a time: the graphs' buffers are shared
+        self._lock = threading.Lock()  # one capture or replay at a time: the graphs' buffers are shared
         self.steps_run = 0  # steps that ran graphed
 
     @property
@@ -54,31 +71,34 @@ class GraphedSteps:
         shapes = {(int(b), int(k)) for b in batch_sizes for k in frames}
         if any(b < 1 or k < 1 for b, k in shapes):
             raise ValueError(f"batch sizes and frames must be positive, got {sorted(shapes)}")
-        if self._settings != self._current_settings():
-            self._captured, self._pool = {}, None
-            self._settings = self._current_settings()
-        if self._graphs and self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
         with self._lock:
+            if self._settings != self._current_settings():
+                self._captured, self._pool = {}, None
+                self._settings = self._current_settings()
+            if self._graphs and self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
             for shape in sorted(shapes - set(self._captured)):
                 self._captured[shape] = _Graph(self.model, *shape, self._pool if self._graphs else None)
 
     def step_for(self, batch: int, frames: int):
-        """The graphed step for this shape, `(buffers, latents) -> (audio, buffers)`, or None
-        when it was not captured (or the weights changed since)."""
-        graph = self._captured.get((batch, frames))
-        if graph is None:
+        """The graphed step for `batch` streams advancing `frames` frames, `(buffers, latents)
+        -> (audio, buffers)`, in the smallest captured batch that holds them; None when there
+        is none (or the weights changed since)."""
+        sizes = [b for b, k in self._captured if k == frames and b >= batch]
+        if not sizes:
             return None
+        graph = self._captured[min(sizes), frames]
         if self._settings != self._current_settings():
             warnings.warn("the model's weights or precision changed since its streaming steps were captured: "
                           "steps run eagerly until GraphedSteps.capture is called again", stacklevel=3)
-            self._captured, self._pool = {}, None
+            with self._lock:
+                self._captured, self._pool = {}, None
             return None
 
         def run(buffers: dict[str, torch.Tensor], latents: torch.Tensor):
             with self._lock:
                 result = graph.run(buffers, latents)
-            self.steps_run += 1
+                self.steps_run += 1
             return result
 
         return run
@@ -91,18 +111,18 @@ class _Graph:
     """One shape's graph: its input buffers (histories, latents), its audio, and its replay."""
 
     def __init__(self, model, batch: int, frames: int, pool):
-        decoder, device, dtype = model.acoustic_decoder, model.device, model.dtype
-        time_major = _time_major(device)
+        decoder, self.device, dtype = model.acoustic_decoder, model.device, model.dtype
+        time_major = _time_major(self.device)
         self.layout = _FlatLayout(new_state(model).buffers, batch, time_major)
-        self._flat_inputs = torch.zeros(self.layout.size, dtype=dtype, device=device)
+        self._flat_inputs = torch.zeros(self.layout.size, dtype=dtype, device=self.device)
         self.inputs = self.layout.views(self._flat_inputs)
-        self.latents = torch.zeros(batch, decoder.conv1.in_channels, frames, dtype=dtype, device=device)
+        self.latents = torch.zeros(batch, decoder.conv1.in_channels, frames, dtype=dtype, device=self.device)
         self._last: dict[str, torch.Tensor] | None = None  # the histories this graph gave out last
 
         def step() -> torch.Tensor:
             # The new histories go back into the inputs, so that a steady stream of steps needs
             # no copy in; the states get a copy of them (`run`).
-            with torch.inference_mode(), full_float32(device, dtype, enabled=not model.allow_tf32):
+            with torch.inference_mode(), full_float32(self.device, dtype, enabled=not model.allow_tf32):
                 audio, buffers = steady_layers(decoder, self.inputs, self.latents, time_major)
                 for name, view in self.inputs.items():
                     view.copy_(buffers[name])
@@ -111,31 +131,35 @@ class _Graph:
         if pool is None:  # not captured: each replay runs the step
             self._step, self.audio = step, None
             return
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(3):  # kernels chosen and caches filled (derived weights) before capture
-                step()
-        torch.cuda.current_stream(device).wait_stream(side)
-        self._graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self._graph, pool=pool):
-            self.audio = step()
+        with torch.cuda.device(self.device):  # capture and replay use the current device
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):  # kernels chosen and caches filled (derived weights) before capture
+                    step()
+            torch.cuda.current_stream().wait_stream(side)
+            self._graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self._graph, pool=pool):
+                self.audio = step()
         self._step = None
 
     def run(self, buffers: dict[str, torch.Tensor], latents: torch.Tensor):
         """Copy the step's inputs in, replay, and copy its outputs out: the audio, and the new
-        histories in one flat tensor of their own."""
-        last = self._last
+        histories in one flat tensor of their own. Fewer streams than the graph's batch take
+        its first rows."""
+        count, last = latents.shape[0], self._last
         if last is None or any(buffers[name] is not last[name] for name in last):
             for name, view in self.inputs.items():  # other streams than the last step's
-                view.copy_(buffers[name])
-        self.latents.copy_(latents)
+                view[:count].copy_(buffers[name])
+        self.latents[:count].copy_(latents)
         if self._step is not None:
             self.audio = self._step()
         else:
-            self._graph.replay()
-        self._last = self.layout.views(self._flat_inputs.clone())
-        return self.audio.clone(), dict(self._last)
+            with torch.cuda.device(self.device):
+                self._graph.replay()
+        copy = self.layout.views(self._flat_inputs.clone())
+        self._last = {name: view[:count] for name, view in copy.items()}
+        return self.audio[:count].clone(), dict(self._last)
 
 
 class _FlatLayout:

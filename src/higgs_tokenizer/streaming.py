@@ -131,12 +131,12 @@ class DecoderState:
     The model holds none of it, so one model serves any number of streams; a state can
     be copied (`copy`) to explore a continuation without disturbing the original. After a
     step the state's histories are its row of the batch it stepped in (shared with the
-    batch's other streams, never written into); `detach` gives it its own.
+    batch's other streams, never written into); `detach` gives it a copy.
     """
 
     def __init__(self, buffers: dict[str, torch.Tensor] | None = None, frames: int = 0, latent_frames: int = 0,
                  num_quantizers: int | None = None, ended: bool = False):
-        self._own = buffers  # [1, channels, length] each; None while they are a row of `_stack`
+        self._own = {} if buffers is None else buffers  # [1, channels, length] each; None while a row of `_stack`
         self._stack: _StackedHistories | None = None
         self._row = 0
         self.frames = frames  # code frames taken in
@@ -162,11 +162,10 @@ class DecoderState:
         self._own, self._stack, self._row = None, stack, row
 
     def detach(self) -> None:
-        """Hold copies of its own histories instead of a row of its last step's batch, so that
-        the batch can be freed (a stream left out of later steps)."""
-        if self._stack is not None:
-            self._own = {name: t.clone() for name, t in self.buffers.items()}
-            self._stack = None
+        """Hold a copy of its histories instead of a row of its last step's batch, so that the
+        batch can be freed (a stream left out of later steps); `detach_all` for many, which
+        copies the rows of one batch together."""
+        detach_all([self])
 
     def copy(self) -> "DecoderState":
         """An independent state, with copies of the history tensors."""
@@ -178,13 +177,31 @@ class DecoderState:
         history tensors, which no step writes into (a step makes new ones); write into
         neither's tensors."""
         state = DecoderState(None, self.frames, self.latent_frames, self.num_quantizers, self.ended)
-        state._own, state._stack, state._row = self._own, self._stack, self._row
+        state._own, state._stack, state._row = None if self._own is None else dict(self._own), self._stack, self._row
         return state
 
     @property
     def nbytes(self) -> int:
         """Bytes of state this stream holds."""
         return sum(t.numel() * t.element_size() for t in self.buffers.values())
+
+
+def detach_all(states: list[DecoderState]) -> None:
+    """`detach` for many states at once: those of one batch take their rows in one copy per
+    history (a batch of their own), whatever their number."""
+    by_stack: dict[int, list[DecoderState]] = {}
+    for state in states:
+        if state._stack is not None:
+            by_stack.setdefault(id(state._stack), []).append(state)
+    for group in by_stack.values():
+        old, rows, tensors = group[0]._stack, None, {}
+        for name, t in old.tensors.items():
+            if rows is None:
+                rows = torch.tensor([s._row for s in group], device=t.device)
+            tensors[name] = _pick(t, rows, _time_major(t.device))
+        stack = _StackedHistories(tensors, len(group))
+        for b, state in enumerate(group):
+            state._place_in(stack, b)
 
 
 def new_state(model) -> DecoderState:

@@ -312,11 +312,12 @@ class HiggsAudioTokenizer:
         out = [self._decode_one(item, chunk_frames) for item in items]
         return out[0] if single else out
 
-    def stream_decoder(self, lookahead_frames: int | None = None, compiled=None) -> StreamingDecoder:
+    def stream_decoder(self, lookahead_frames: int | None = None, compiled=None, graphs=None) -> StreamingDecoder:
         """A `StreamingDecoder`: push code frames as they arrive, get the audio that is final
         (or, with `lookahead_frames` below 10, provisional audio sooner). `compiled`: a
-        `CompiledSteps` of this model, compiled once and shared by many decoders."""
-        return StreamingDecoder(self.model, lookahead_frames=lookahead_frames, compiled=compiled)
+        `CompiledSteps` of this model, compiled once and shared by many decoders; `graphs`:
+        a `GraphedSteps` (CUDA graphs of the steps), likewise."""
+        return StreamingDecoder(self.model, lookahead_frames=lookahead_frames, compiled=compiled, graphs=graphs)
 
     def _decode_one(self, item, chunk_frames: int | None = None) -> torch.Tensor:
         if isinstance(item, (str, os.PathLike)):

@@ -31,7 +31,7 @@ from typing import Protocol
 import torch
 
 from .. import compiled_steps
-from ..graphed_steps import GraphedSteps
+from ..graphed_steps import GraphedSteps, bucket_sizes
 from ..decoder_streams import DecoderStreams
 from .metrics import Metrics
 from .settings import ServeSettings
@@ -98,9 +98,9 @@ class Engine:
 
     def capture_graphs(self) -> None:
         """Capture the decoder's 1-frame steps of 1 to `graphed_step_streams` streams as CUDA
-        graphs (before serving)."""
+        graphs (before serving): batches of 1, 2, 4, ... and that many, the rest padded."""
         if self.graphs is not None:
-            self.graphs.capture(batch_sizes=range(1, self.settings.graphed_step_streams + 1), frames=(1,))
+            self.graphs.capture(batch_sizes=bucket_sizes(self.settings.graphed_step_streams), frames=(1,))
 
     def start(self, live_in_this_process_main_thread: bool = False) -> None:
         """Start the bulk worker, and the live one in a thread of its own unless the caller
