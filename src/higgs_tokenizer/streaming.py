@@ -188,18 +188,15 @@ class DecoderState:
 
 def detach_all(states: list[DecoderState]) -> None:
     """`detach` for many states at once: those of one batch take their rows in one copy per
-    history (a batch of their own), whatever their number."""
+    history (`_gather`: a batch of their own), whatever their number; states that are the
+    whole of their batch, in order, keep it as it is (its rows are all theirs)."""
     by_stack: dict[int, list[DecoderState]] = {}
     for state in states:
         if state._stack is not None:
             by_stack.setdefault(id(state._stack), []).append(state)
     for group in by_stack.values():
-        old, rows, tensors = group[0]._stack, None, {}
-        for name, t in old.tensors.items():
-            if rows is None:
-                rows = torch.tensor([s._row for s in group], device=t.device)
-            tensors[name] = _pick(t, rows, _time_major(t.device))
-        stack = _StackedHistories(tensors, len(group))
+        device = next(iter(group[0]._stack.tensors.values())).device
+        stack = _StackedHistories(_gather(group, _time_major(device)), len(group))
         for b, state in enumerate(group):
             state._place_in(stack, b)
 
@@ -371,8 +368,9 @@ def decode_step(
     the first of the last samples). A stream's audio starts once its first samples are
     final and stops at its length; everything in between equals one-shot decoding of the
     whole stream. `programs`: `CompiledSteps` or `GraphedSteps`, the first of which that
-    has a steady step's shape runs it (any other step runs eagerly). `to_host`: the audio in float32 on the CPU, moved there in one transfer
-    for the batch (not one per stream, each of which waits for the device).
+    has a steady step's shape runs it (any other step runs eagerly). `to_host`: the audio
+    in float32 on the CPU, moved there in one transfer for the batch (not one per stream,
+    each of which waits for the device).
 
     Afterwards each state's histories are its row of the step's batch, which a next step
     of the same states in the same order takes as it is; a state left out of it keeps the

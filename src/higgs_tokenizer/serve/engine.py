@@ -31,8 +31,8 @@ from typing import Protocol
 import torch
 
 from .. import compiled_steps
-from ..graphed_steps import GraphedSteps, bucket_sizes
 from ..decoder_streams import DecoderStreams
+from ..graphed_steps import GraphedSteps, bucket_sizes
 from .metrics import Metrics
 from .settings import ServeSettings
 
