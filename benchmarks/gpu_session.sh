@@ -35,7 +35,8 @@ prepare)
     # pytest, for the CUDA graph tests, its own four).
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-        -d .gpu/whl soundfile soxr cffi pycparser starlette uvicorn websockets pytest pluggy iniconfig packaging pygments || exit 1
+        -d .gpu/whl soundfile soxr cffi pycparser starlette uvicorn websockets pytest pluggy iniconfig packaging pygments \
+        transformers==5.23.0 regex || exit 1  # the reference as its version here (the image has 5.17)
     du -sh .gpu
     ;;
 run)
@@ -58,35 +59,39 @@ run)
         local name=$1 limit=$2; shift 2
         echo "== $name ($(date -u +%T))"
         timeout "$limit" "$python" "$@" > "$out/$name.md" 2>&1
-        echo "exit $? after $SECONDS s in all"; tail -n 40 "$out/$name.md"
+        local rc=$?
+        echo "exit $rc after $SECONDS s in all"; tail -n 40 "$out/$name.md"
+        return $rc
     }
     "$python" -c "import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
     # The benchmarks' full-size model with random weights, made once (seeded) for every step.
     [ -n "$model" ] || model=$("$python" -c "import sys; sys.path.insert(0, 'benchmarks'); from common import prepare_model_and_inputs as p; print(p()[0])" | tail -n 1)
     [ -d "$model" ] || { echo "no model ($model): the benchmarks' model could not be made"; exit 1; }
     echo "model: $model, made after $SECONDS s"
-    steps=" ${STEPS:-tests throughput workspace profile streams overhead corpus serve} "
+    steps=" ${STEPS:-tests streams throughput workspace profile serve corpus overhead} "
     graphs=() graph_steps=()
     [[ $device == cuda* ]] && graphs=(--graphs) graph_steps=(--graph-steps "${load[1]}")
     case $steps in *" tests "*)
-        step tests 40 -m pytest -q -p no:cacheprovider tests/test_graphed_steps.py ;; esac
+        step tests 40 -m pytest -q -p no:cacheprovider tests/test_graphed_steps.py \
+            || { echo "(the CUDA graph tests failed: the steps below run without graphs)"; graphs=() graph_steps=(); } ;; esac
+    case $steps in *" streams "*)
+        step streams 110 benchmarks/streaming.py streams --model "$model" --device "$device" --counts "${counts[@]}" \
+            --frames 40 "${graphs[@]}" ;; esac
     case $steps in *" throughput "*)
-        step throughput 130 benchmarks/throughput.py --model "$model" --device "$device" "${mix[@]}" --quality ;; esac
+        step throughput 150 benchmarks/throughput.py --model "$model" --device "$device" "${mix[@]}" --quality \
+            --batch-sizes 8 32 --batch-seconds 320 640 ;; esac
     case $steps in *" workspace "*)  # is the float32 peak cuDNN's workspace? the same batches with it capped at 1 GiB
         CUDNN_CONV_WSCAP_DBG=1024 step workspace 45 benchmarks/throughput.py --model "$model" --device "$device" \
             "${mix[@]}" --precisions float32 --batch-sizes 8 32 --batch-seconds --reference no ;; esac
     case $steps in *" profile "*)
         step profile 40 benchmarks/profile_parts.py --model "$model" --device "$device" ;; esac
-    case $steps in *" streams "*)
-        step streams 110 benchmarks/streaming.py streams --model "$model" --device "$device" --counts "${counts[@]}" \
-            --frames 40 "${graphs[@]}" ;; esac
-    case $steps in *" overhead "*)
-        step overhead 30 benchmarks/streaming.py overhead --model "$model" --device "$device" --frames 20 ;; esac
-    case $steps in *" corpus "*)
-        step corpus 60 benchmarks/corpus.py --model "$model" --engines local --device "$device" "${mix[@]}" --batch-seconds 320 ;; esac
     case $steps in *" serve "*)
         step serve 70 benchmarks/serve_load.py --model "$model" --encoders 1 "${load[@]}" --server-args --device "$device" --max-streams "${load[1]}" \
             "${graph_steps[@]}" ;; esac
+    case $steps in *" corpus "*)
+        step corpus 45 benchmarks/corpus.py --model "$model" --engines local --device "$device" "${mix[@]}" --batch-seconds 320 ;; esac
+    case $steps in *" overhead "*)
+        step overhead 20 benchmarks/streaming.py overhead --model "$model" --device "$device" --frames 20 ;; esac
     ;;
 *)
     echo "usage: bash benchmarks/gpu_session.sh prepare|run"; exit 2
