@@ -18,6 +18,8 @@
 #   overhead.md    the streaming engine's host time per stream, its layers left out
 #   corpus.md      tokenize-dataset end to end against the model alone on the same clips
 #   serve.md       the server's streams at real-time pace with an encoding client
+#   memory.md      (STEPS="memory") the largest encode call's allocations, cuDNN settings against
+#                  its memory and codes, the mix's GPU codes against the CPU's (gpu_memory.py)
 # Each step has its own time limit (under 9 minutes in all, and the model's making), so
 # that one slow step cannot cost the others; STEPS="streams serve" runs only those. To try
 # the flow without a GPU: DEVICE=cpu QUICK=1 PYTHON=.venv/bin/python bash benchmarks/gpu_session.sh run
@@ -90,6 +92,8 @@ run)
             "${graph_steps[@]}" ;; esac
     case $steps in *" corpus "*)
         step corpus 45 benchmarks/corpus.py --model "$model" --engines local --device "$device" "${mix[@]}" --batch-seconds 320 ;; esac
+    case $steps in *" memory "*)
+        step memory 150 benchmarks/gpu_memory.py --model "$model" --device "$device" "${mix[@]}" ;; esac
     case $steps in *" overhead "*)
         step overhead 20 benchmarks/streaming.py overhead --model "$model" --device "$device" --frames 20 ;; esac
     ;;

@@ -138,7 +138,10 @@ def test_captured_graphs_on_a_gpu():
     codes = {"a": random_codes(8, 30), "b": random_codes(9, 24)}
     graphed = stream_audio(streams, codes, itertools.repeat(1))
     eager = stream_audio(DecoderStreams(model), codes, itertools.repeat(1))
-    assert streams.graphs.steps_run > 20
+    uncaptured = GraphedSteps(model, graphs=False)  # the same steps, run without capture
+    uncaptured.capture(batch_sizes=(1, 2), frames=(1,))
+    stream_audio(DecoderStreams(model, graphs=uncaptured), codes, itertools.repeat(1))
+    assert streams.graphs.steps_run == uncaptured.steps_run > 0  # every steady step was a replay
     for key, c in codes.items():
         assert_audio_close(graphed[key], eager[key], tol=1e-5)
         assert_audio_close(graphed[key], one_shot(model, c.cuda()).cpu(), tol=STREAM_TOL)
