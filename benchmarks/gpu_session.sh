@@ -77,7 +77,7 @@ run)
         step tests 40 -m pytest -q -p no:cacheprovider tests/test_graphed_steps.py \
             || { echo "(the CUDA graph tests failed: the steps below run without graphs)"; graphs=() graph_steps=(); } ;; esac
     case $steps in *" streams "*)
-        step streams 110 benchmarks/streaming.py streams --model "$model" --device "$device" --counts "${counts[@]}" \
+        step streams 130 benchmarks/streaming.py streams --model "$model" --device "$device" --counts "${counts[@]}" \
             --frames 40 "${graphs[@]}" ;; esac
     case $steps in *" throughput "*)
         step throughput 150 benchmarks/throughput.py --model "$model" --device "$device" "${mix[@]}" --quality \
