@@ -109,6 +109,43 @@ def onednn_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return F.conv1d(x, weight, bias, padding=padding, dilation=dilation)
 
 
+def unfolded_columns(x: torch.Tensor, taps: int, dilation: int = 1, stride: int = 1) -> torch.Tensor:
+    """The input columns of an unpadded conv over `x` `[B, C, L]`, one row per output sample:
+    `[B * width, C * taps]` (im2col), so that the conv is one matrix product with its weight
+    as `[out, C * taps]`."""
+    channels = x.shape[1]
+    if taps == 1 and stride == 1:
+        return x.transpose(1, 2).reshape(-1, channels)
+    columns = x.unfold(-1, dilation * (taps - 1) + 1, stride)[..., ::dilation]  # [B, C, width, K]
+    return columns.permute(0, 2, 1, 3).reshape(-1, channels * taps)
+
+
+class FrameRateConv1d(nn.Conv1d):
+    """A conv over frame-rate features (the semantic encoder's), computed on a GPU as one
+    matrix product over its unfolded input (`unfolded_columns`).
+
+    cuDNN picks its float32 algorithm for these short sequences by heuristics, and on an
+    H200 (torch 2.11) it picked, for a batch of 8 clips of 4.3 s, one that took 74 GB of
+    workspace and gave other codes than the CPU for 29 % of that batch (1.2 % of a corpus
+    mix in batches of 8). With cuDNN off, the same call took 1.2 GB, ran faster and gave
+    the CPU's codes. The product costs `kernel_size` copies of the input, small at the
+    frame rate. The CPU keeps `F.conv1d` (oneDNN: the reference's sums, bit for bit).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" or self.groups != 1 or self.padding_mode != "zeros" or isinstance(self.padding, str):
+            return super().forward(x)
+        return self.as_product(x)
+
+    def as_product(self, x: torch.Tensor) -> torch.Tensor:
+        """The conv as one matrix product (what a GPU runs; any device computes it)."""
+        padding = self.padding[0]
+        padded = F.pad(x, (padding, padding)) if padding else x
+        columns = unfolded_columns(padded, self.kernel_size[0], self.dilation[0], self.stride[0])
+        out = F.linear(columns, self.weight.reshape(self.out_channels, -1), self.bias)
+        return out.view(x.shape[0], -1, self.out_channels).transpose(1, 2)
+
+
 def _runs_on_onednn(x: torch.Tensor) -> bool:
     return _HAS_ONEDNN and x.dtype == torch.float32 and x.device.type == "cpu"
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from .config import HiggsAudioV2TokenizerConfig
-from .layers import masked_conv, zero_padding
+from .layers import FrameRateConv1d, masked_conv, zero_padding
 
 
 class SemanticResidualUnit(nn.Module):
@@ -16,8 +16,8 @@ class SemanticResidualUnit(nn.Module):
     def __init__(self, config: HiggsAudioV2TokenizerConfig, in_channels: int, out_channels: int, dilation: int):
         super().__init__()
         k = config.unit_kernel_size
-        self.conv1 = nn.Conv1d(in_channels, out_channels, k, padding=((k - 1) // 2) * dilation, dilation=dilation, bias=False)
-        self.conv2 = nn.Conv1d(out_channels, out_channels, kernel_size=1, bias=False)
+        self.conv1 = FrameRateConv1d(in_channels, out_channels, k, padding=((k - 1) // 2) * dilation, dilation=dilation, bias=False)
+        self.conv2 = FrameRateConv1d(out_channels, out_channels, kernel_size=1, bias=False)
         self.activation = nn.ELU()
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -32,7 +32,7 @@ class SemanticEncoderBlock(nn.Module):
             SemanticResidualUnit(config, in_channels, in_channels, d) for d in config.block_dilations
         )
         kernel = 3 if stride == 1 else 2 * stride
-        self.conv = nn.Conv1d(in_channels, out_channels, kernel, stride=stride, padding=(kernel - 1) // 2)
+        self.conv = FrameRateConv1d(in_channels, out_channels, kernel, stride=stride, padding=(kernel - 1) // 2)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None):
         for unit in self.res_units:
@@ -47,7 +47,7 @@ class SemanticEncoder(nn.Module):
         super().__init__()
         width = config.semantic_hidden_size
         k = config.kernel_size
-        self.conv = nn.Conv1d(width, width, k, padding=k // 2, bias=False)
+        self.conv = FrameRateConv1d(width, width, k, padding=k // 2, bias=False)
         blocks, in_channels = [], width
         for ratio, stride in zip(config.channel_ratios, config.strides):
             out_channels = int(width * ratio)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .layers import linear_weight, onednn_linear, packed_conv1d
+from .layers import linear_weight, onednn_linear, packed_conv1d, unfolded_columns
 from .runtime import full_float32
 
 
@@ -494,10 +494,6 @@ def _causal_conv(x: torch.Tensor, conv: nn.Module, weight: torch.Tensor, bias: t
     width = x.shape[-1] - dilation * (taps - 1)
     if taps > 1 and not _as_product(x, width, channels * taps):
         return packed_conv1d(x, conv, weight, bias, dilation)
-    if taps == 1:
-        columns = x.transpose(1, 2).reshape(x.shape[0] * width, channels)
-    else:
-        columns = x.unfold(-1, dilation * (taps - 1) + 1, 1)[..., ::dilation]  # [B, C, width, K]
-        columns = columns.permute(0, 2, 1, 3).reshape(x.shape[0] * width, channels * taps)
+    columns = unfolded_columns(x, taps, dilation)
     out = onednn_linear(columns, linear_weight(conv, weight, columns.shape[0]), bias)
     return out.view(x.shape[0], width, out_channels).transpose(1, 2)
