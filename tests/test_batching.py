@@ -2,6 +2,8 @@
 which under the default length rule is its clip right-padded to a whole hop (the feature
 extractor's single-clip input; `model.valid_length`)."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -173,3 +175,14 @@ def test_batches_by_an_audio_seconds_budget(monkeypatch):
     assert [len(b) for b in both._batches([(i, c) for i, c in enumerate(clips)])] == [2, 2, 1]
     with pytest.raises(ValueError, match="batch_seconds must be positive"):
         HiggsAudioTokenizer(load_model("tiny-24k"), batch_seconds=0)
+
+
+def test_default_batching_by_device():
+    """One clip a call on the CPU; on any other device the measured audio budget."""
+    from higgs_tokenizer.tokenizer import GPU_BATCH_SECONDS
+
+    cpu = HiggsAudioTokenizer(load_model("tiny-24k"))
+    assert (cpu.batch_size, cpu.batch_seconds) == (1, None)
+    elsewhere = HiggsAudioTokenizer(copy.deepcopy(load_model("tiny-24k")).to("meta"))
+    assert elsewhere.model.device.type == "meta"
+    assert (elsewhere.batch_size, elsewhere.batch_seconds) == (None, GPU_BATCH_SECONDS)

@@ -503,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("encode", "encode audio files, directories (recursively) or globs to codes files", [common, files, encoding])
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="files encoded per model call, exactly (default: 8 on a GPU, 1 on the CPU)")
+                   help="files encoded per model call, exactly (default: 1 on the CPU; on a GPU --batch-seconds 320)")
     p.add_argument("--batch-seconds", type=float, default=None, metavar="S",
                    help="padded audio per model call (clips x the longest), instead of or as well as --batch-size")
     p.set_defaults(run=cmd_encode)
@@ -530,7 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output directory (rerun the same command to resume)")
     p.add_argument("--overwrite", action="store_true", help="delete an earlier output in --output and start again")
     p.add_argument("--bandwidth", type=float, default=None, help="kbps, one of the model's (default: the highest)")
-    p.add_argument("--batch-size", type=int, default=None, help="clips per model call (default: 8 on a GPU, 1 on the CPU)")
+    p.add_argument("--batch-size", type=int, default=None, help="clips per model call (default: 1 on the CPU; on a GPU --batch-seconds 320)")
     p.add_argument("--batch-seconds", type=float, default=None, metavar="S",
                    help="padded audio per model call (clips x the longest), instead of or as well as --batch-size")
     p.add_argument("--shard-size", type=int, default=256, help="items per output shard (default 256)")
