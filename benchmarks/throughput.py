@@ -112,8 +112,16 @@ def run_reference(model_dir: Path, device: torch.device, tf32: bool, batch: int,
     """The reference in padded batches of `batch` (speed.py's `Implementation`: as its users call
     it, without a padding mask), in full float32 or with PyTorch's default on a GPU (TF32
     convs, float32 matrix products)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     if tf32:  # PyTorch's defaults, which `Implementation` leaves as they are when told tf32
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, False
+    try:
+        return _reference_row(model_dir, device, tf32, batch, mix, check)
+    finally:  # as they were: the rows after it must not run under the reference's settings
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _reference_row(model_dir: Path, device: torch.device, tf32: bool, batch: int, mix: list, check: bool) -> dict:
     reference = Implementation("reference", model_dir, str(device), torch.float32, compile=False, tf32=tf32)
     clips = sorted((torch.from_numpy(clip) for clip in mix), key=lambda clip: -len(clip))
 
@@ -126,7 +134,6 @@ def run_reference(model_dir: Path, device: torch.device, tf32: bool, batch: int,
     row = {"seconds": seconds, "reserved": reserved_gib(device)}
     if check:  # each clip alone: the codes its users would get without padding
         row["codes"] = [reference.encode([torch.from_numpy(clip)])[0][0].cpu() for clip in mix]
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     return row
 
 

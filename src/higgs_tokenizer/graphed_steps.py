@@ -30,7 +30,7 @@ import warnings
 
 import torch
 
-from .runtime import full_float32
+from .runtime import float32_math
 from .streaming import _time_major, new_state, steady_layers
 from .weights_key import DecoderWeights
 
@@ -122,7 +122,7 @@ class _Graph:
         def step() -> torch.Tensor:
             # The new histories go back into the inputs, so that a steady stream of steps needs
             # no copy in; the states get a copy of them (`run`).
-            with torch.inference_mode(), full_float32(self.device, dtype, enabled=not model.allow_tf32):
+            with torch.inference_mode(), float32_math(self.device, dtype, tf32=model.allow_tf32):
                 audio, buffers = steady_layers(decoder, self.inputs, self.latents, time_major)
                 for name, view in self.inputs.items():
                     view.copy_(buffers[name])

@@ -27,7 +27,7 @@ from .hubert import HubertModel
 from .layers import Snake1d, conv_stack_output_length, derived_tensor, snake_reference, zero_padding
 from .quantizer import ResidualVectorQuantizer, codebooks_sha256
 from .resample import resample
-from .runtime import full_float32, precision_name, precision_settings, tune_cpu_allocator
+from .runtime import float32_math, precision_name, precision_settings, tune_cpu_allocator
 from .semantic import SemanticDecoder, SemanticEncoder
 
 # HuBERT sees 160 zeros (10 ms at 16 kHz) on each side, centring its 20 ms frames.
@@ -343,7 +343,7 @@ class HiggsAudioV2TokenizerModel(nn.Module):
         num_quantizers = self.config.num_quantizers_for_bandwidth(bandwidth)
         input_values = self._check_waveform(input_values)
         self._check_lengths(input_values, padding_mask, length_rule)
-        with full_float32(self.device, self.dtype, enabled=not self.allow_tf32):
+        with float32_math(self.device, self.dtype, tf32=self.allow_tf32):
             latents, frames = self.latents(input_values, padding_mask, length_rule)
             codes = self.quantizer.encode(latents, num_quantizers)
         if padding_mask is None:
@@ -370,7 +370,7 @@ class HiggsAudioV2TokenizerModel(nn.Module):
         length_rule = self._length_rule(length_rule)
         num_quantizers = self.config.num_quantizers_for_bandwidth(bandwidth)
         semantic_input, acoustic_input = self._check_waveform(semantic_input), self._check_waveform(acoustic_input)
-        with full_float32(self.device, self.dtype, enabled=not self.allow_tf32):
+        with float32_math(self.device, self.dtype, tf32=self.allow_tf32):
             latents, _ = self._branch_latents(semantic_input, None, acoustic_input, None, length_rule)
             return self.quantizer.encode(latents, num_quantizers)
 
@@ -388,7 +388,7 @@ class HiggsAudioV2TokenizerModel(nn.Module):
                 raise ValueError(f"code_lengths must hold one length in [1, {audio_codes.shape[2]}] per batch item")
             if bool((code_lengths == audio_codes.shape[2]).all()):
                 code_lengths = None
-        with full_float32(self.device, self.dtype, enabled=not self.allow_tf32):
+        with float32_math(self.device, self.dtype, tf32=self.allow_tf32):
             latents = self.decoder_latents(audio_codes)
             audio_values = self.acoustic_decoder(latents, code_lengths)
         if code_lengths is not None:

@@ -79,38 +79,50 @@ def _mmap_threshold() -> int:
     return threshold
 
 
-_full_float32_lock = threading.Lock()
-_full_float32_users = 0
+_float32_math_lock = threading.Lock()
+_float32_math_users = {False: 0, True: 0}  # blocks inside, by whether they allow TF32
 _saved_tf32: tuple[bool, bool] | None = None
 
 
 @contextlib.contextmanager
-def full_float32(device: torch.device, dtype: torch.dtype, enabled: bool = True):
-    """Within the block, float32 convs and matrix products on a GPU use full float32, not TF32.
+def float32_math(device: torch.device, dtype: torch.dtype, tf32: bool):
+    """Within the block, float32 convs and matrix products on a GPU use TF32 if `tf32`, else
+    full float32, whatever the process's flags were.
 
-    PyTorch lets cuDNN run float32 convs in TF32 (10-bit mantissa) by default;
-    that moves about 1.5 % of the codes of a random-weight model (the
-    benchmark, on an H200). The flags are process-wide, so blocks in several threads at
-    once (a server's workers) share one setting: the first to enter turns TF32 off, the
-    last to leave restores what was there before.
+    PyTorch lets cuDNN run float32 convs in TF32 (10-bit mantissa) by default, and its
+    matrix products not; full float32 keeps the reference's codes, TF32 moves about 1.5 %
+    of a random-weight model's codes (the benchmark, on an H200). The flags are
+    process-wide, so blocks in several threads at once (a server's workers) share one
+    setting: full float32 while any block needs it (exact codes come first), else TF32
+    while any block asks for it, and when the last block leaves, what was there before.
     """
-    global _full_float32_users, _saved_tf32
-    if not enabled or device.type != "cuda" or dtype != torch.float32:
+    global _saved_tf32
+    if device.type != "cuda" or dtype != torch.float32:
         yield
         return
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    with _full_float32_lock:
-        if _full_float32_users == 0:
-            _saved_tf32 = (cudnn.allow_tf32, matmul.allow_tf32)
-            cudnn.allow_tf32 = matmul.allow_tf32 = False
-        _full_float32_users += 1
+    with _float32_math_lock:
+        if not any(_float32_math_users.values()):
+            _saved_tf32 = _tf32_flags()
+        _float32_math_users[tf32] += 1
+        _set_tf32_flags(not _float32_math_users[False])
     try:
         yield
     finally:
-        with _full_float32_lock:
-            _full_float32_users -= 1
-            if _full_float32_users == 0:
-                cudnn.allow_tf32, matmul.allow_tf32 = _saved_tf32
+        with _float32_math_lock:
+            _float32_math_users[tf32] -= 1
+            if any(_float32_math_users.values()):
+                _set_tf32_flags(not _float32_math_users[False])
+            else:
+                _set_tf32_flags(*_saved_tf32)
+
+
+def _tf32_flags() -> tuple[bool, bool]:
+    return torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+
+
+def _set_tf32_flags(convs: bool, products: bool | None = None) -> None:
+    torch.backends.cudnn.allow_tf32 = convs
+    torch.backends.cuda.matmul.allow_tf32 = convs if products is None else products
 
 
 # The numeric modes a model runs in: (dtype of the weights and activations, whether float32

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .layers import linear_weight, onednn_linear, packed_conv1d, unfolded_columns
-from .runtime import full_float32
+from .runtime import float32_math
 
 
 def decoder_context(model) -> tuple[int, int]:
@@ -379,7 +379,7 @@ def decode_step(
     decoder = model.acoustic_decoder
     end = codes is None
     step = _Step(model, plan, states, end)
-    with full_float32(model.device, model.dtype, enabled=not model.allow_tf32):
+    with float32_math(model.device, model.dtype, tf32=model.allow_tf32):
         if end:
             channels = decoder.conv1.in_channels
             frames = plan.end_frames if end_frames is None else end_frames
