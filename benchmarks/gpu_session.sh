@@ -9,17 +9,18 @@
 # `run` writes one report per benchmark under $OUT (at most 8 files come back):
 #   throughput.md  encoding over a corpus mix per precision and batching, memory per call,
 #                  code agreement, quality; the reference beside it (benchmarks/throughput.py)
-#   workspace.md   float32 again with cuDNN's workspace capped (CUDNN_CONV_WSCAP_DBG): is
-#                  that what the largest calls' memory is?
+#   workspace.md   (STEPS="workspace") float32 again with cuDNN's workspace capped
+#                  (CUDNN_CONV_WSCAP_DBG); on 2026-11-28 it did not change the 74 GB peak
 #   profile.md     encode and decode time per part against the card's rates (profile_parts.py)
 #   tests.md       the CUDA graph tests (tests/test_graphed_steps.py; the CPU skips the capture)
 #   streams.md     batched 1-frame and 5-frame decoder steps, 1 to 1024 streams, eager and as
 #                  CUDA graphs, taking turns (streaming.py)
-#   overhead.md    the streaming engine's host time per stream, its layers left out
-#   corpus.md      tokenize-dataset end to end against the model alone on the same clips
+#   overhead.md    (STEPS="overhead") the streaming engine's host time per stream, its layers left out
+#   corpus.md      tokenize-dataset end to end against the model alone on the same clips (384
+#                  clips of 1-20 s in shards of 128; the model's first pass and its second)
 #   serve.md       the server's streams at real-time pace with an encoding client
-#   memory.md      (STEPS="memory") the largest encode call's allocations, cuDNN settings against
-#                  its memory and codes, the mix's GPU codes against the CPU's (gpu_memory.py)
+#   memory.md      the largest encode call's allocations, cuDNN settings against its memory and
+#                  codes, the mix's GPU codes against the CPU's (gpu_memory.py)
 # Each step has its own time limit (under 9 minutes in all, and the model's making), so
 # that one slow step cannot cost the others; STEPS="streams serve" runs only those. To try
 # the flow without a GPU: DEVICE=cpu QUICK=1 PYTHON=.venv/bin/python bash benchmarks/gpu_session.sh run
@@ -54,8 +55,10 @@ run)
     out=${OUT:-/tmp/gpu-session} && mkdir -p "$out"
     if [ -n "${QUICK:-}" ]; then  # a check of the flow: the tiny model, a few seconds a step
         model=$PWD/../shared/fixtures/tiny-24k; mix=(--clips 6 --longest 3); counts=(1 4); load=(--streams 2 --seconds 5)
+        corpus=(6 4)
     else
         model=""; mix=(--clips 128 --longest 20); counts=(1 16 64 256 512 1024); load=(--streams 64 --seconds 30)
+        corpus=(384 128)  # clips, shard size: three shards, so that decoding overlaps encoding
     fi
     step() {  # name, time limit (s), then the benchmark and its arguments
         local name=$1 limit=$2; shift 2
@@ -70,30 +73,31 @@ run)
     [ -n "$model" ] || model=$("$python" -c "import sys; sys.path.insert(0, 'benchmarks'); from common import prepare_model_and_inputs as p; print(p()[0])" | tail -n 1)
     [ -d "$model" ] || { echo "no model ($model): the benchmarks' model could not be made"; exit 1; }
     echo "model: $model, made after $SECONDS s"
-    steps=" ${STEPS:-tests streams throughput workspace profile serve corpus overhead} "
+    steps=" ${STEPS:-tests throughput memory streams profile serve corpus} "
     graphs=() graph_steps=()
     [[ $device == cuda* ]] && graphs=(--graphs) graph_steps=(--graph-steps "${load[1]}")
     case $steps in *" tests "*)
         step tests 40 -m pytest -q -p no:cacheprovider tests/test_graphed_steps.py \
             || { echo "(the CUDA graph tests failed: the steps below run without graphs)"; graphs=() graph_steps=(); } ;; esac
     case $steps in *" streams "*)
-        step streams 130 benchmarks/streaming.py streams --model "$model" --device "$device" --counts "${counts[@]}" \
-            --frames 40 "${graphs[@]}" ;; esac
+        step streams 90 benchmarks/streaming.py streams --model "$model" --device "$device" --counts "${counts[@]}" \
+            --frames 40 --rounds 2 "${graphs[@]}" ;; esac
     case $steps in *" throughput "*)
-        step throughput 150 benchmarks/throughput.py --model "$model" --device "$device" "${mix[@]}" --quality \
+        step throughput 140 benchmarks/throughput.py --model "$model" --device "$device" "${mix[@]}" --quality \
             --batch-sizes 8 32 --batch-seconds 320 640 ;; esac
+    case $steps in *" memory "*)
+        step memory 110 benchmarks/gpu_memory.py --model "$model" --device "$device" "${mix[@]}" ;; esac
     case $steps in *" workspace "*)  # is the float32 peak cuDNN's workspace? the same batches with it capped at 1 GiB
         CUDNN_CONV_WSCAP_DBG=1024 step workspace 45 benchmarks/throughput.py --model "$model" --device "$device" \
             "${mix[@]}" --precisions float32 --batch-sizes 8 32 --batch-seconds --reference no ;; esac
     case $steps in *" profile "*)
-        step profile 40 benchmarks/profile_parts.py --model "$model" --device "$device" ;; esac
+        step profile 35 benchmarks/profile_parts.py --model "$model" --device "$device" ;; esac
     case $steps in *" serve "*)
-        step serve 70 benchmarks/serve_load.py --model "$model" --encoders 1 "${load[@]}" --server-args --device "$device" --max-streams "${load[1]}" \
+        step serve 60 benchmarks/serve_load.py --model "$model" --encoders 1 "${load[@]}" --server-args --device "$device" --max-streams "${load[1]}" \
             "${graph_steps[@]}" ;; esac
     case $steps in *" corpus "*)
-        step corpus 45 benchmarks/corpus.py --model "$model" --engines local --device "$device" "${mix[@]}" --batch-seconds 320 ;; esac
-    case $steps in *" memory "*)
-        step memory 150 benchmarks/gpu_memory.py --model "$model" --device "$device" "${mix[@]}" ;; esac
+        step corpus 75 benchmarks/corpus.py --model "$model" --engines local --device "$device" --clips "${corpus[0]}" \
+            --longest 20 --shard-size "${corpus[1]}" ;; esac
     case $steps in *" overhead "*)
         step overhead 20 benchmarks/streaming.py overhead --model "$model" --device "$device" --frames 20 ;; esac
     ;;
