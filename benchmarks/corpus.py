@@ -11,7 +11,8 @@ engine into a fresh output directory and reports the wall time of the whole job
 same clips, already in memory, encoded by `HiggsAudioTokenizer.encode_clips` with the
 same settings: what the job would reach if reading, decoding and writing cost nothing;
 its first pass meets every batch shape for the first time, as a job does (cuDNN chooses
-its kernels for each new shape), the second meets them again. Default models: the tiny fixture and the benchmarks' full-size
+its kernels for each new shape), the second meets them again. The job runs after both,
+in the same process: the shapes it shares with them are no longer new to it. Default models: the tiny fixture and the benchmarks' full-size
 model (common.py; made on first use).
 """
 

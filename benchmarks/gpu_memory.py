@@ -8,8 +8,9 @@
    (the CUDA caching allocator's history).
 2. That call again under other cuDNN settings (benchmark, deterministic, cuDNN off): peak,
    time, and its codes against the CPU's for the same batch.
-3. The whole mix's codes on the GPU, in batches of `--batch-size` and of 32 clips, against
-   the CPU's (in batches of 8, which tests hold equal to the reference).
+3. The whole mix's codes on the GPU (batches of `--batch-size` clips, of 32, of 320 s of
+   audio, and one clip at a time) against the CPU's (in batches of 8, which tests hold
+   equal to the reference).
 """
 
 from __future__ import annotations

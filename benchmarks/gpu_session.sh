@@ -6,7 +6,8 @@
 #   bash benchmarks/gpu_session.sh prepare    # here, once: .gpu/ (wheels, ../shared's audio and configs)
 #   bash benchmarks/gpu_session.sh run        # there: the device tool's run, carry [".gpu"]
 #
-# `run` writes one report per benchmark under $OUT (at most 8 files come back):
+# `run` writes one report per benchmark under $OUT (at most 8 files come back: the default
+# steps write 7):
 #   throughput.md  encoding over a corpus mix per precision and batching, memory per call,
 #                  code agreement, quality; the reference beside it (benchmarks/throughput.py)
 #   workspace.md   (STEPS="workspace") float32 again with cuDNN's workspace capped
@@ -21,7 +22,8 @@
 #   serve.md       the server's streams at real-time pace with an encoding client
 #   memory.md      the largest encode call's allocations, cuDNN settings against its memory and
 #                  codes, the mix's GPU codes against the CPU's (gpu_memory.py)
-# Each step has its own time limit (under 9 minutes in all, and the model's making), so
+# Each step has its own time limit (550 s in all for the default steps, and the model's
+# making: about 20 s), so
 # that one slow step cannot cost the others; STEPS="streams serve" runs only those. To try
 # the flow without a GPU: DEVICE=cpu QUICK=1 PYTHON=.venv/bin/python bash benchmarks/gpu_session.sh run
 set -uo pipefail

@@ -26,10 +26,19 @@ def test_product_is_the_conv(kernel, dilation, stride, padding, bias):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_the_cpu_keeps_the_conv():
+def test_the_cpu_keeps_the_conv_and_other_devices_take_the_product(monkeypatch):
     conv = FrameRateConv1d(8, 8, 3, padding=1)
     x = torch.randn(2, 8, 10)
     assert torch.equal(conv(x), torch.nn.functional.conv1d(x, conv.weight, conv.bias, padding=1))
+    products = []
+    monkeypatch.setattr(FrameRateConv1d, "as_product", lambda self, x: products.append(x.device.type) or x)
+    conv.to("meta")(x.to("meta"))  # a device that is not the CPU, as a GPU is
+    assert products == ["meta"]
+
+
+def test_an_empty_batch():
+    conv = FrameRateConv1d(8, 6, 3, padding=1)
+    assert conv.as_product(torch.zeros(0, 8, 10)).shape == (0, 6, 10)
 
 
 @torch.inference_mode()

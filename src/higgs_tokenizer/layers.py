@@ -125,10 +125,10 @@ class FrameRateConv1d(nn.Conv1d):
     matrix product over its unfolded input (`unfolded_columns`).
 
     cuDNN picks its float32 algorithm for these short sequences by heuristics, and on an
-    H200 (torch 2.11) it picked, for a batch of 8 clips of 4.3 s, one that took 74 GB of
-    workspace and gave other codes than the CPU for 29 % of that batch (1.2 % of a corpus
-    mix in batches of 8). With cuDNN off, the same call took 1.2 GB, ran faster and gave
-    the CPU's codes. The product costs `kernel_size` copies of the input, small at the
+    H200 (torch 2.11), for a batch of 8 clips of 4.3 s, these convs allocated 74 GB and
+    gave other codes than the CPU for 29 % of the batch's codes (1.2 % of a corpus mix's in
+    batches of 8). With cuDNN off, the same call took 1.2 GB, ran faster and gave the
+    CPU's codes. The product costs `kernel_size` copies of the input, small at the
     frame rate. The CPU keeps `F.conv1d` (oneDNN: the reference's sums, bit for bit).
     """
 
@@ -139,11 +139,12 @@ class FrameRateConv1d(nn.Conv1d):
 
     def as_product(self, x: torch.Tensor) -> torch.Tensor:
         """The conv as one matrix product (what a GPU runs; any device computes it)."""
-        padding = self.padding[0]
+        (padding,), (taps,), (dilation,), (stride,) = self.padding, self.kernel_size, self.dilation, self.stride
+        width = (x.shape[-1] + 2 * padding - dilation * (taps - 1) - 1) // stride + 1
         padded = F.pad(x, (padding, padding)) if padding else x
-        columns = unfolded_columns(padded, self.kernel_size[0], self.dilation[0], self.stride[0])
+        columns = unfolded_columns(padded, taps, dilation, stride)
         out = F.linear(columns, self.weight.reshape(self.out_channels, -1), self.bias)
-        return out.view(x.shape[0], -1, self.out_channels).transpose(1, 2)
+        return out.view(x.shape[0], width, self.out_channels).transpose(1, 2)
 
 
 def _runs_on_onednn(x: torch.Tensor) -> bool:

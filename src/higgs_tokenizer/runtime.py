@@ -116,13 +116,26 @@ def float32_math(device: torch.device, dtype: torch.dtype, tf32: bool):
                 _set_tf32_flags(*_saved_tf32)
 
 
-def _tf32_flags() -> tuple[bool, bool]:
+# PyTorch 2.9 on sets TF32 per operator (`fp32_precision`) and refuses a read of the old
+# flags once that is used; the old flags are all that earlier versions have.
+_PER_OPERATOR_TF32 = hasattr(torch.backends.cuda.matmul, "fp32_precision")
+
+
+def _tf32_flags() -> tuple:
+    """The process's TF32 settings for convs and matrix products, to restore later."""
+    if _PER_OPERATOR_TF32:
+        return torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
     return torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
 
 
-def _set_tf32_flags(convs: bool, products: bool | None = None) -> None:
-    torch.backends.cudnn.allow_tf32 = convs
-    torch.backends.cuda.matmul.allow_tf32 = convs if products is None else products
+def _set_tf32_flags(convs, products=None) -> None:
+    """TF32 on (True) or off (False) for both; or two settings as `_tf32_flags` gave them."""
+    if products is None:
+        convs = products = ("tf32" if convs else "ieee") if _PER_OPERATOR_TF32 else convs
+    if _PER_OPERATOR_TF32:
+        torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = convs, products
+    else:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = convs, products
 
 
 # The numeric modes a model runs in: (dtype of the weights and activations, whether float32

@@ -473,16 +473,17 @@ MATMUL_COLUMNS = 128
 
 
 # On a GPU, a conv runs as one matrix product while its unfolded columns take at most this
-# many elements (128 MiB in float32). cuDNN's float32 convs over the few frames of a large
-# batch are slow: on an H200, a 1-frame step of 256 streams took 71 ms with its frame-rate
-# convs run by cuDNN, against 7.9 ms for 64 streams with them run as products.
+# many elements (128 MiB in float32). cuDNN's float32 convs over the short inputs of a
+# step were slow on an H200: a 1-frame step of 256 streams took 71.4 ms with every conv
+# past 128 columns run by cuDNN, 23.9 ms with them run as products (5-frame steps of 64
+# streams: 108.7 against 15.0 ms).
 GPU_UNFOLDED_ELEMENTS = 2**25
 
 
 def _as_product(x: torch.Tensor, width: int, row: int) -> bool:
     """Whether a conv giving `width` outputs per batch row, each from `row` inputs, runs as
     a matrix product over unfolded columns rather than as a conv."""
-    if x.device.type == "cpu" or torch.compiler.is_compiling():
+    if x.device.type == "cpu":
         return x.shape[0] * width <= MATMUL_COLUMNS
     return x.shape[0] * width * row <= GPU_UNFOLDED_ELEMENTS
 

@@ -40,9 +40,10 @@ def default_model() -> str:
 
 
 # The GPU's default batching, padded audio seconds per model call: on an H200 (corpus mix of
-# 128 clips of 1-20 s, benchmarks/throughput.py) 320 s encoded faster than 640 s, 8 or 32
-# clips in each precision (float32 417 audio s/s against 318, 306 and 391), with a peak of
-# 9.3 GB a call in float32.
+# 128 clips of 1-20 s, benchmarks/throughput.py, 2026-11-28) 320 s encoded faster than
+# 640 s, 8 or 32 clips in float32 and in bfloat16 (float32: 417 audio s/s against 318,
+# 306 and 391), with a peak of 9.3 GB a call in float32. Measured before the semantic
+# encoder's convs left cuDNN on GPUs (`FrameRateConv1d`), to be measured again.
 GPU_BATCH_SECONDS = 320.0
 
 
