@@ -81,7 +81,7 @@ def _mmap_threshold() -> int:
 
 _float32_math_lock = threading.Lock()
 _float32_math_users = {False: 0, True: 0}  # blocks inside, by whether they allow TF32
-_saved_tf32: tuple[bool, bool] | None = None
+_saved_tf32: tuple | None = None  # `_tf32_flags()` before the first block
 
 
 @contextlib.contextmanager
@@ -104,16 +104,21 @@ def float32_math(device: torch.device, dtype: torch.dtype, tf32: bool):
         if not any(_float32_math_users.values()):
             _saved_tf32 = _tf32_flags()
         _float32_math_users[tf32] += 1
-        _set_tf32_flags(not _float32_math_users[False])
+        _apply_float32_math()
     try:
         yield
     finally:
         with _float32_math_lock:
             _float32_math_users[tf32] -= 1
-            if any(_float32_math_users.values()):
-                _set_tf32_flags(not _float32_math_users[False])
-            else:
-                _set_tf32_flags(*_saved_tf32)
+            _apply_float32_math()
+
+
+def _apply_float32_math() -> None:
+    """The settings for the blocks inside now (under the lock), or, with none, those saved."""
+    if any(_float32_math_users.values()):
+        _set_tf32_flags(*_tf32_setting(not _float32_math_users[False]))
+    else:
+        _set_tf32_flags(*_saved_tf32)
 
 
 # PyTorch 2.9 on sets TF32 per operator (`fp32_precision`) and refuses a read of the old
@@ -128,10 +133,13 @@ def _tf32_flags() -> tuple:
     return torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
 
 
-def _set_tf32_flags(convs, products=None) -> None:
-    """TF32 on (True) or off (False) for both; or two settings as `_tf32_flags` gave them."""
-    if products is None:
-        convs = products = ("tf32" if convs else "ieee") if _PER_OPERATOR_TF32 else convs
+def _tf32_setting(on: bool) -> tuple:
+    """TF32 on or off for both convs and matrix products, as `_tf32_flags` gives settings."""
+    value = ("tf32" if on else "ieee") if _PER_OPERATOR_TF32 else on
+    return value, value
+
+
+def _set_tf32_flags(convs, products) -> None:
     if _PER_OPERATOR_TF32:
         torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = convs, products
     else:
