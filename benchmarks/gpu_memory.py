@@ -3,9 +3,9 @@
     python benchmarks/gpu_memory.py --device cuda
 
 1. The corpus mix (as `throughput.py`) encoded in float32 in batches of `--batch-size`
-   clips: each model call's peak above what was allocated before it. For the call with the
-   largest, the largest allocations it made, each with the Python lines that asked for it
-   (the CUDA caching allocator's history).
+   clips: each model call's peak above what was allocated before it (`CallMemory`). For
+   the call with the largest, the largest allocations it made, each with the Python lines
+   that asked for it (the CUDA caching allocator's history).
 2. That call again under other cuDNN settings (benchmark, deterministic, cuDNN off): peak,
    time, and its codes against the CPU's for the same batch.
 3. The whole mix's codes on the GPU (batches of `--batch-size` clips, of 32, of 320 s of
@@ -23,27 +23,10 @@ from pathlib import Path
 
 import torch
 from common import corpus_mix, prepare_model_and_inputs
-from throughput import agreement
+from throughput import CallMemory, agreement
 
 from higgs_tokenizer import HiggsAudioV2TokenizerModel
 from higgs_tokenizer.tokenizer import HiggsAudioTokenizer
-
-
-class Calls:
-    """Each `model.encode` call's arguments and its peak above what was allocated before it."""
-
-    def __init__(self, model, device):
-        self.calls: list[tuple[int, tuple, dict]] = []
-        encode = model.encode
-
-        def measured(*args, **kwargs):
-            torch.cuda.reset_peak_memory_stats(device)
-            before = torch.cuda.memory_allocated(device)
-            out = encode(*args, **kwargs)
-            self.calls.append((torch.cuda.max_memory_allocated(device) - before, args, kwargs))
-            return out
-
-        model.encode = measured
 
 
 def largest_allocations(run, top: int) -> list[str]:
@@ -86,12 +69,12 @@ def main() -> int:
 
     model = HiggsAudioV2TokenizerModel.from_pretrained(model_dir, device=device, precision="float32")
     tokenizer = HiggsAudioTokenizer(model, batch_size=args.batch_size)
-    calls = Calls(model, device)
+    calls = CallMemory(model, device, keep_arguments=True)
     with torch.inference_mode():
         tokenizer.encode_clips(mix)
-    peaks = sorted(((peak, i) for i, (peak, _, _) in enumerate(calls.calls)), reverse=True)
+    peaks = sorted(((peak, i) for i, peak in enumerate(calls.peaks)), reverse=True)
     print(f"calls' peaks (GiB), largest first: {', '.join(f'{p / 2**30:.2f}' for p, _ in peaks)}\n")
-    _, args_, kwargs = calls.calls[peaks[0][1]]
+    args_, kwargs = calls.arguments[peaks[0][1]]
     batch = args_[0]
     print(f"largest call: input {tuple(batch.shape)}, padding mask {kwargs.get('padding_mask') is not None}\n", flush=True)
 

@@ -42,10 +42,13 @@ from higgs_tokenizer.tokenizer import HiggsAudioTokenizer
 
 class CallMemory:
     """Each call of `model.encode`: on a GPU, the most memory it took above what was allocated
-    before it (the caching allocator's own count: no synchronisation needed)."""
+    before it (the caching allocator's own count: no synchronisation needed); with
+    `keep_arguments`, also what it was called with (`arguments`: (args, kwargs) a call),
+    which keeps them alive."""
 
-    def __init__(self, model, device: torch.device):
+    def __init__(self, model, device: torch.device, keep_arguments: bool = False):
         self.peaks: list[int | None] = []
+        self.arguments: list[tuple[tuple, dict]] = []
         cuda, encode = device.type == "cuda", model.encode
 
         def measured(*args, **kwargs):
@@ -54,6 +57,8 @@ class CallMemory:
                 before = torch.cuda.memory_allocated(device)
             out = encode(*args, **kwargs)
             self.peaks.append(torch.cuda.max_memory_allocated(device) - before if cuda else None)
+            if keep_arguments:
+                self.arguments.append((args, kwargs))
             return out
 
         model.encode = measured  # this instance only
