@@ -66,7 +66,7 @@ def test_checkpoint_files_is_a_leaf():
 
 def test_the_maths_imports_no_file_api():
     graph = import_graph()
-    maths = ["layers", "resample", "quantizer", "hubert", "semantic", "acoustic"]
+    maths = ["layers", "resampling", "quantizer", "hubert", "semantic", "acoustic"]
     file_api = {"higgs_tokenizer." + m for m in ("audio", "codes_file", "tokenizer", "cli", "long_audio", "streaming")}
     for module in maths:
         assert not graph["higgs_tokenizer." + module] & file_api, module
@@ -82,6 +82,29 @@ def test_the_high_level_api_is_exported_and_loads_on_first_use():
         "from higgs_tokenizer import HiggsAudioTokenizer, load_codes\n"
         "from higgs_tokenizer.tokenizer import HiggsAudioTokenizer as same\n"
         "assert HiggsAudioTokenizer is same and callable(load_codes)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_corpus_workers_and_the_command_line_import_no_torch():
+    """A corpus job's decoding workers import `higgs_tokenizer.dataset` in each process, and
+    with the spawn start method the command line's module too (the parent's `__main__`): torch
+    (a second or more per worker) stays out of them, of `import higgs_tokenizer` and of the
+    parser (`--help`); the package's names still load on first use, the resampler as the
+    function it names."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, higgs_tokenizer, higgs_tokenizer.dataset.local, higgs_tokenizer.dataset.ray_engine\n"
+        "import higgs_tokenizer.cli\n"
+        "higgs_tokenizer.cli.build_parser()\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "import higgs_tokenizer.model\n"
+        "from higgs_tokenizer import resample, HiggsAudioV2TokenizerModel\n"
+        "assert callable(resample) and higgs_tokenizer.resample is resample\n"
+        "assert sorted(higgs_tokenizer.__all__) == sorted(higgs_tokenizer._LAZY), 'exports and lazy names differ'\n"
+        "assert all(getattr(higgs_tokenizer, name) is not None for name in higgs_tokenizer.__all__)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 

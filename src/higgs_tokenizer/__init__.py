@@ -1,22 +1,28 @@
 """Higgs Audio V2 tokenizer: 24 kHz audio ⇄ 8 streams of codes at 25 frames per second."""
 
-from .checkpoint import save_original
-from .checkpoint_files import CheckpointError
-from .config import AcousticConfig, HiggsAudioV2TokenizerConfig, HubertConfig
-from .feature_extraction import BatchFeature, HiggsAudioV2TokenizerFeatureExtractor
-from .model import (
-    HiggsAudioV2TokenizerDecoderOutput,
-    HiggsAudioV2TokenizerEncoderOutput,
-    HiggsAudioV2TokenizerModel,
-    HiggsAudioV2TokenizerOutput,
-    convert_original_to_transformers,
-)
-from .resample import resample
 from .version import __version__  # noqa: F401  (the package's version attribute)
 
-
-# The file-level API loads on first use, so `import higgs_tokenizer` stays light.
-_LAZY = {"HiggsAudioTokenizer": "tokenizer", "load_codes": "codes_file", "EncodedAudio": "codes_file"}
+# Every public name loads on first use (PEP 562), so that importing the package, or one
+# of its torch-free parts, does not import torch: a corpus job's decoding workers import
+# `higgs_tokenizer.dataset` and would otherwise each spend a second or more on torch.
+_LAZY = {
+    "AcousticConfig": "config",
+    "BatchFeature": "feature_extraction",
+    "CheckpointError": "checkpoint_files",
+    "EncodedAudio": "codes_file",
+    "HiggsAudioTokenizer": "tokenizer",
+    "HiggsAudioV2TokenizerConfig": "config",
+    "HiggsAudioV2TokenizerDecoderOutput": "model",
+    "HiggsAudioV2TokenizerEncoderOutput": "model",
+    "HiggsAudioV2TokenizerFeatureExtractor": "feature_extraction",
+    "HiggsAudioV2TokenizerModel": "model",
+    "HiggsAudioV2TokenizerOutput": "model",
+    "HubertConfig": "config",
+    "convert_original_to_transformers": "model",
+    "load_codes": "codes_file",
+    "resample": "resampling",
+    "save_original": "checkpoint",
+}
 
 
 def __getattr__(name: str):
@@ -25,6 +31,10 @@ def __getattr__(name: str):
 
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [

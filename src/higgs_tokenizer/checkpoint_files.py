@@ -20,8 +20,10 @@ import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch loads with the first tensors read: the CLI's parser and the config need none
+    import torch
 
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"
@@ -44,6 +46,16 @@ def split_hub_options(options: dict) -> tuple[dict, dict]:
     """(`HUB_OPTIONS` found in `options`, the rest)."""
     hub = {k: v for k, v in options.items() if k in HUB_OPTIONS}
     return hub, {k: v for k, v in options.items() if k not in HUB_OPTIONS}
+
+
+# The checkpoint used when none is named.
+DEFAULT_MODEL = "bosonai/higgs-audio-v2-tokenizer"
+MODEL_ENV = "HIGGS_TOKENIZER_MODEL"
+
+
+def default_model() -> str:
+    """The checkpoint used when none is named: $HIGGS_TOKENIZER_MODEL, else the official one."""
+    return os.environ.get(MODEL_ENV) or DEFAULT_MODEL
 
 
 # --------------------------------------------------------------------------- finding
@@ -221,6 +233,8 @@ def _shard_names(index: dict, where) -> list[str]:
 
 
 def read_original(directory: Path) -> dict[str, torch.Tensor]:
+    import torch
+
     path = directory / ORIGINAL_WEIGHTS_NAME
     try:
         # weights_only: tensors and plain containers only, never arbitrary objects.

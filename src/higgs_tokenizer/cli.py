@@ -13,9 +13,8 @@ from pathlib import Path
 
 from .audio import AUDIO_EXTENSIONS, WRITE_FORMATS, MissingExtraError, write_audio
 from .codes_file import SUFFIX
-from .config import LENGTH_RULES
-from .runtime import PRECISIONS
-from .tokenizer import num_samples
+from .checkpoint_files import DEFAULT_MODEL, MODEL_ENV, default_model
+from .config import LENGTH_RULES, PRECISION_NAMES
 
 AUDIO_OUTPUT_SUFFIXES = tuple(WRITE_FORMATS)
 
@@ -164,6 +163,8 @@ def _single_file_output(inputs: list[str], output: str, suffixes: tuple[str, ...
 
 
 def cmd_encode(args) -> int:
+    from .tokenizer import num_samples
+
     started = time.perf_counter()
     report = Report()
     if _single_file_output(args.inputs, args.output, (SUFFIX,)):
@@ -190,6 +191,8 @@ def cmd_encode(args) -> int:
 
 
 def _encode_batch(tokenizer, pending, args, report: Report, bar) -> None:
+    from .tokenizer import num_samples
+
     if not pending:
         return
     all_codes = tokenizer.try_encode_clips([clip for _, clip in pending], args.bandwidth)
@@ -243,6 +246,7 @@ def cmd_roundtrip(args) -> int:
     import torch
 
     from .audio import load_audio
+    from .tokenizer import num_samples
 
     output = Path(args.output)
     if output.suffix.lower() not in AUDIO_OUTPUT_SUFFIXES:
@@ -276,7 +280,7 @@ def cmd_roundtrip(args) -> int:
 
 def cmd_info(args) -> int:
     from .checkpoint_files import resolve_checkpoint
-    from .tokenizer import HiggsAudioTokenizer, default_model
+    from .tokenizer import HiggsAudioTokenizer
 
     name = args.model_arg or args.model or default_model()
     directory, fmt = resolve_checkpoint(name, weights=False)
@@ -421,7 +425,6 @@ def cmd_tokenize_dataset(args) -> int:
         except ImportError:
             raise ImportError("--engine ray needs Ray: pip install 'higgs-audio-tokenizer[ray]'") from None
         from .dataset.ray_engine import tokenize_dataset_ray
-        from .tokenizer import default_model
 
         manifest = tokenize_dataset_ray(
             args.source, args.output, args.model or default_model(), address=args.ray_address,
@@ -453,8 +456,6 @@ def _message(err: Exception) -> str:
 
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    from .tokenizer import DEFAULT_MODEL, MODEL_ENV
-
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--model",
@@ -464,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: cpu)")
     common.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary (failures still print)")
     model_options = argparse.ArgumentParser(add_help=False, parents=[common])  # evaluate takes several precisions
-    common.add_argument("--precision", "--dtype", dest="precision", choices=list(PRECISIONS), default=None,
+    common.add_argument("--precision", "--dtype", dest="precision", choices=list(PRECISION_NAMES), default=None,
                         help="float32 (default: the reference's codes), tf32 (float32 with TF32 on NVIDIA GPUs), "
                         "bfloat16 or float16 (docs/precision.md)")
 
@@ -573,7 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, directories, globs, or .jsonl/.csv/.tsv manifests")
     p.add_argument("--report", required=True, metavar="DIR", help="output directory: report.html, metrics.csv, summary.json")
     p.add_argument("--bandwidth", default="all", help="'all' (default) or a comma-separated list of kbps")
-    p.add_argument("--precision", nargs="+", choices=list(PRECISIONS), default=["float32"],
+    p.add_argument("--precision", nargs="+", choices=list(PRECISION_NAMES), default=["float32"],
                    help="one or more precisions (default float32); codes are compared with the first")
     p.add_argument("--max-files", type=int, default=None, help="evaluate at most this many files, drawn with --seed")
     p.add_argument("--seed", type=int, default=0, help="for --max-files and the bootstrap intervals (default 0)")

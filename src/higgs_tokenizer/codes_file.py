@@ -25,8 +25,10 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch loads with the first codes read or written: the CLI's parser needs none
+    import torch
 
 from .atomic import write_atomic
 from .version import __version__
@@ -106,6 +108,7 @@ class EncodedAudio:
 
     def to_bytes(self) -> bytes:
         """The codes file's bytes (what `save` writes)."""
+        import torch
         from safetensors.torch import save
 
         if self.codebook_size > 2**15:
@@ -164,6 +167,7 @@ def load_codes_bytes(data: bytes, name: str = "<bytes>") -> EncodedAudio:
 def load_codes(path: str | os.PathLike, name: str | None = None) -> EncodedAudio:
     """Read and validate a codes file (no unpickling; every size checked against the header);
     `name` labels errors (default: the path)."""
+    import torch
     from safetensors import safe_open
 
     path = Path(path)

@@ -21,6 +21,10 @@ from .checkpoint_files import CONFIG_NAME, MODEL_TYPE, CheckpointError, read_jso
 
 LENGTH_RULES = ("transformers", "original")
 
+# The numeric modes a model can run in, by name (`runtime.PRECISIONS` gives each its dtype and
+# TF32 setting); here, without torch, for the command line's parser.
+PRECISION_NAMES = ("float32", "tf32", "bfloat16", "float16")
+
 # The original constructor hard-codes these widths; configs written by
 # `save_original` for other sizes carry them in this extension block.
 ORIGINAL_ENCODER_WIDTH = 64

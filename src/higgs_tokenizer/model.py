@@ -26,7 +26,7 @@ from .config import LENGTH_RULES, HiggsAudioV2TokenizerConfig
 from .hubert import HubertModel
 from .layers import Snake1d, conv_stack_output_length, derived_tensor, snake_reference, zero_padding
 from .quantizer import ResidualVectorQuantizer, codebooks_sha256
-from .resample import resample
+from .resampling import resample
 from .runtime import float32_math, precision_name, precision_settings, tune_cpu_allocator
 from .semantic import SemanticDecoder, SemanticEncoder
 

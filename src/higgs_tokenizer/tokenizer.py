@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .audio import load_audio, normalize_loudness, resample_audio, write_audio
+from .checkpoint_files import DEFAULT_MODEL, MODEL_ENV, default_model  # noqa: F401  (also the tokenizer's names)
 from .codes_file import EncodedAudio, ModelIdentity, load_codes
 from .long_audio import (
     CONTEXT_SECONDS,
@@ -29,15 +30,6 @@ from .long_audio import (
 )
 from .model import HiggsAudioV2TokenizerModel
 from .decoder_streams import StreamingDecoder, decode_in_chunks
-
-DEFAULT_MODEL = "bosonai/higgs-audio-v2-tokenizer"
-MODEL_ENV = "HIGGS_TOKENIZER_MODEL"
-
-
-def default_model() -> str:
-    """The checkpoint used when none is named: $HIGGS_TOKENIZER_MODEL, else the official one."""
-    return os.environ.get(MODEL_ENV) or DEFAULT_MODEL
-
 
 # The GPU's default batching, padded audio seconds per model call: on an H200 (corpus mix of
 # 128 clips of 1-20 s, benchmarks/throughput.py, 2026-11-28) 320 s encoded faster than
