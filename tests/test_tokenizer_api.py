@@ -221,3 +221,8 @@ def test_precision_modes(short_recordings):
         HiggsAudioV2TokenizerModel.from_pretrained(fixture_dir("tiny-24k"), precision="tf32", dtype="float32")
     with pytest.raises(ValueError, match="unknown precision 'fp8'"):
         HiggsAudioV2TokenizerModel.from_pretrained(fixture_dir("tiny-24k"), precision="fp8")
+    # The command line offers the modes by name without importing torch: the same names.
+    from higgs_tokenizer.config import PRECISION_NAMES
+    from higgs_tokenizer.runtime import PRECISIONS
+
+    assert tuple(PRECISIONS) == PRECISION_NAMES
