@@ -16,6 +16,9 @@
 #   tests.md       the CUDA graph tests (tests/test_graphed_steps.py; the CPU skips the capture)
 #   streams.md     batched 1-frame and 5-frame decoder steps, 1 to 1024 streams, eager and as
 #                  CUDA graphs, taking turns (streaming.py)
+#   products.md    (STEPS="products") 1-frame steps of 256 to 1024 streams with their convs as matrix products up to
+#                  2^28 unfolded elements (1 GiB) rather than 2^25: whether cuDNN is what makes
+#                  1024 streams 3.4x as slow as 512
 #   overhead.md    (STEPS="overhead") the streaming engine's host time per stream, its layers left out
 #   corpus.md      tokenize-dataset end to end against the model alone on the same clips (384
 #                  clips of 1-20 s in shards of 128; the model's first pass and its second)
@@ -56,10 +59,10 @@ run)
     export HIGGS_SHARED_DIR=$PWD/.gpu/shared PYTHONUNBUFFERED=1
     out=${OUT:-/tmp/gpu-session} && mkdir -p "$out"
     if [ -n "${QUICK:-}" ]; then  # a check of the flow: the tiny model, a few seconds a step
-        model=$PWD/../shared/fixtures/tiny-24k; mix=(--clips 6 --longest 3); counts=(1 4); load=(--streams 2 --seconds 5)
+        model=$PWD/../shared/fixtures/tiny-24k; mix=(--clips 6 --longest 3); counts=(1 4); many=(4); load=(--streams 2 --seconds 5)
         corpus=(6 4)
     else
-        model=""; mix=(--clips 128 --longest 20); counts=(1 16 64 256 512 1024); load=(--streams 64 --seconds 30)
+        model=""; mix=(--clips 128 --longest 20); counts=(1 16 64 256 512 1024); many=(256 512 1024); load=(--streams 64 --seconds 30)
         corpus=(384 128)  # clips, shard size: three shards, so that decoding overlaps encoding
     fi
     step() {  # name, time limit (s), then the benchmark and its arguments
@@ -84,6 +87,9 @@ run)
     case $steps in *" streams "*)
         step streams 90 benchmarks/streaming.py streams --model "$model" --device "$device" --counts "${counts[@]}" \
             --frames 40 --rounds 2 "${graphs[@]}" ;; esac
+    case $steps in *" products "*)  # the 1024-stream step with every conv a product: is cuDNN its cost?
+        step products 45 benchmarks/streaming.py streams --model "$model" --device "$device" --counts "${many[@]}" \
+            --push 1 --frames 20 --rounds 2 --unfolded-elements $((2**28)) ;; esac
     case $steps in *" throughput "*)
         step throughput 140 benchmarks/throughput.py --model "$model" --device "$device" "${mix[@]}" --quality \
             --batch-sizes 8 32 --batch-seconds 320 640 ;; esac
