@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+SRC = REPO / "src"
 SHARED = Path(os.environ.get("HIGGS_SHARED_DIR", REPO.parent / "shared"))
 FULL_CONFIG = SHARED / "reference" / "transformers_full_config.json"
 AUDIO_DIR = SHARED / "audio"
@@ -39,7 +40,7 @@ BATCH_SECONDS = (0.5, 5.0)
 
 # Benchmarks measure this checkout's package, whether or not an environment has it installed
 # (the reference environment does not).
-sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(SRC))
 
 
 # ----------------------------------------------------------------------------- the model and its inputs

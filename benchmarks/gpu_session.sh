@@ -20,8 +20,9 @@
 #                  2^28 unfolded elements (1 GiB) rather than 2^25: whether cuDNN is what makes
 #                  1024 streams 3.4x as slow as 512
 #   overhead.md    (STEPS="overhead") the streaming engine's host time per stream, its layers left out
-#   corpus.md      tokenize-dataset end to end against the model alone on the same clips (384
-#                  clips of 1-20 s in shards of 128; the model's first pass and its second)
+#   corpus.md      `higgs-tokenizer tokenize-dataset`, end to end and once its first shard is in,
+#                  against the model alone on the same clips (384 clips of 1-20 s in shards of
+#                  128; the model's first pass and its second)
 #   serve.md       the server's streams at real-time pace with an encoding client
 #   memory.md      the largest encode call's allocations, cuDNN settings against its memory and
 #                  codes, the mix's GPU codes against the CPU's (gpu_memory.py)
@@ -104,7 +105,7 @@ run)
         step serve 60 benchmarks/serve_load.py --model "$model" --encoders 1 "${load[@]}" --server-args --device "$device" --max-streams "${load[1]}" \
             "${graph_steps[@]}" ;; esac
     case $steps in *" corpus "*)
-        step corpus 75 benchmarks/corpus.py --model "$model" --engines local --device "$device" --clips "${corpus[0]}" \
+        step corpus 75 benchmarks/corpus.py --model "$model" --engines command --device "$device" --clips "${corpus[0]}" \
             --longest 20 --shard-size "${corpus[1]}" ;; esac
     case $steps in *" overhead "*)
         step overhead 20 benchmarks/streaming.py overhead --model "$model" --device "$device" --frames 20 ;; esac
