@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .config import AcousticConfig
-from .layers import DecoderConv1d, Snake1d, UpsamplingConv1d, masked_conv, zero_padding
+from .layers import DecoderConv1d, Snake1d, UpsamplingConv1d, masked_conv, zero_padding_
 
 RESIDUAL_DILATIONS = (1, 3, 9)
 
@@ -29,8 +29,17 @@ class AcousticResidualUnit(nn.Module):
         self.conv2 = conv(channels, channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        x = zero_padding(x, lengths)  # Snake(0) = 0: the dilated conv then sees zeros past each item
-        return x + self.conv2(self.snake2(self.conv1(self.snake1(x))))
+        """`x` past each item's length may hold anything: only the values inside reach the
+        output's values inside (the output's past it are not zero).
+
+        Snake(0) = 0 exactly, so zeroing Snake's output past each item is zeroing the dilated
+        conv's input there, as if each item were alone, without a copy of `x`; and the sum is
+        made in the branch's tensor (x + branch, the same bits). At most three tensors as
+        large as `x` are alive at once, which bounds the encoder's peak memory (the first
+        block's, at 24 kHz).
+        """
+        branch = self.snake2(self.conv1(zero_padding_(self.snake1(x), lengths)))
+        return self.conv2(branch).add_(x)
 
 
 class AcousticEncoderBlock(nn.Module):
@@ -44,9 +53,17 @@ class AcousticEncoderBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None):
         """Returns the output and each item's output length."""
-        for unit in (self.res_unit1, self.res_unit2, self.res_unit3):
+        for unit in self.units:
             x = unit(x, lengths)
-        return masked_conv(self.conv1, self.snake1(x), lengths)
+        return self.downsample(x, lengths)
+
+    @property
+    def units(self) -> tuple[AcousticResidualUnit, ...]:
+        return self.res_unit1, self.res_unit2, self.res_unit3
+
+    def downsample(self, x: torch.Tensor, lengths: torch.Tensor | None):
+        """The strided conv after the units: its output and each item's output length."""
+        return masked_conv(self.conv1, self.snake1(x), lengths, in_place=True)
 
 
 class AcousticEncoder(nn.Module):
@@ -68,8 +85,13 @@ class AcousticEncoder(nn.Module):
         """`lengths`: each item's valid samples in a padded batch (None: all full)."""
         x, lengths = masked_conv(self.conv1, x, lengths)
         for block in self.block:
-            x, lengths = block(x, lengths)
-        return masked_conv(self.conv2, self.snake1(x), lengths)[0]
+            # The block's steps one by one (`block(x)` does the same): a call of the block would
+            # keep its input alive here until it returned, a tensor as large as the first
+            # block's every activation (64 channels at 24 kHz) beside its three.
+            for unit in block.units:
+                x = unit(x, lengths)
+            x, lengths = block.downsample(x, lengths)
+        return masked_conv(self.conv2, self.snake1(x), lengths, in_place=True)[0]
 
 
 class AcousticDecoderBlock(nn.Module):
@@ -94,7 +116,7 @@ class AcousticDecoderBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None):
         """Returns the output and each item's output length."""
-        x, lengths = masked_conv(self.conv_t1, self.snake1(x), lengths)
+        x, lengths = masked_conv(self.conv_t1, self.snake1(x), lengths, in_place=True)
         for unit in (self.res_unit1, self.res_unit2, self.res_unit3):
             x = unit(x, lengths)
         return x, lengths
@@ -120,4 +142,4 @@ class AcousticDecoder(nn.Module):
         x, lengths = masked_conv(self.conv1, x, lengths)
         for block in self.block:
             x, lengths = block(x, lengths)
-        return masked_conv(self.conv2, self.snake1(x), lengths)[0]
+        return masked_conv(self.conv2, self.snake1(x), lengths, in_place=True)[0]

@@ -405,6 +405,17 @@ def conv_lengths(conv: nn.Module, lengths: torch.Tensor | None) -> torch.Tensor 
     return torch.div(lengths + 2 * p - d * (k - 1) - 1, s, rounding_mode="floor") + 1
 
 
-def masked_conv(conv: nn.Module, x: torch.Tensor, lengths: torch.Tensor | None):
-    """`conv` applied as if each item were alone: returns the output and its valid lengths."""
-    return conv(zero_padding(x, lengths)), conv_lengths(conv, lengths)
+def zero_padding_(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """`zero_padding` in place, for a tensor the caller has just made and nothing else reads:
+    no copy as large as `x` (at 24 kHz, a copy is the size of a whole layer's output)."""
+    if lengths is not None:
+        keep = torch.arange(x.shape[-1], device=x.device) < lengths.to(x.device)[:, None]
+        x.masked_fill_(~keep[:, None, :], 0)
+    return x
+
+
+def masked_conv(conv: nn.Module, x: torch.Tensor, lengths: torch.Tensor | None, in_place: bool = False):
+    """`conv` applied as if each item were alone: returns the output and its valid lengths.
+    `in_place`: `x` is the caller's new tensor (a Snake's output), zeroed past each item in
+    place rather than copied."""
+    return conv((zero_padding_ if in_place else zero_padding)(x, lengths)), conv_lengths(conv, lengths)

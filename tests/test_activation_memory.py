@@ -1,0 +1,75 @@
+"""The acoustic encoder's peak memory: the largest activations (64 channels at 24 kHz in the
+first block) are never more than three alive at once, in a padded batch too.
+
+Counted by the tensors the model's operations make (a dispatch mode sees each one, and a
+weak reference says when it dies), in units of one first-block activation: what a batch's
+peak is made of on any device, apart from what a conv allocates inside itself (oneDNN's
+reorders on the CPU, cuDNN's workspace on a GPU), and whatever the allocator keeps.
+"""
+
+import weakref
+
+import torch
+from helpers import load_model
+from torch.utils._python_dispatch import TorchDispatchMode
+
+
+class LiveOutputs(TorchDispatchMode):
+    """Bytes of the storages that operations made and that are still referenced; the peak."""
+
+    def __init__(self):
+        super().__init__()
+        self.live: dict[int, list] = {}  # storage address -> [bytes, tensors alive]
+        self.bytes = self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(tensor, torch.Tensor) and tensor.device.type != "meta":
+                self._track(tensor)
+        return out
+
+    def _track(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        address = storage.data_ptr()
+        entry = self.live.get(address)
+        if entry is None:
+            entry = self.live[address] = [storage.nbytes(), 0]
+            self.bytes += entry[0]
+            self.peak = max(self.peak, self.bytes)
+        entry[1] += 1
+        weakref.finalize(tensor, self._release, address)
+
+    def _release(self, address: int) -> None:
+        entry = self.live[address]
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.bytes -= entry[0]
+            del self.live[address]
+
+
+def _first_block_peak(lengths: list[int]) -> float:
+    model = load_model("tiny-24k")
+    samples = max(lengths)
+    x = torch.randn(len(lengths), 1, samples, generator=torch.Generator().manual_seed(0)) * 0.1
+    activation = len(lengths) * model.acoustic_encoder.conv1.out_channels * samples * 4  # one first-block tensor
+    with torch.inference_mode(), LiveOutputs() as outputs:
+        model.acoustic_encoder(x, torch.tensor(lengths))
+    return outputs.peak / activation
+
+
+def test_the_acoustic_encoder_keeps_at_most_three_first_block_activations():
+    # Before: a unit copied its input to zero the padding, and the encoder held each block's
+    # input while the block ran (five alive at once; 30 MiB per padded audio second at full size).
+    assert _first_block_peak([48_000]) <= 3.2
+    assert _first_block_peak([48_000, 30_000, 12_000]) <= 3.2  # a padded batch: zeroed in place
+
+
+def test_the_counter_sees_a_copy():
+    """The measure itself: a third tensor as large as the others counts."""
+    with torch.inference_mode(), LiveOutputs() as outputs:
+        a = torch.ones(1000)
+        b = a * 2
+        c = b + a
+        del b
+    assert outputs.peak == 3 * 4000 and c.numel() == 1000
