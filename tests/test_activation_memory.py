@@ -1,5 +1,6 @@
-"""The acoustic encoder's peak memory: the largest activations (64 channels at 24 kHz in the
-first block) are never more than three alive at once, in a padded batch too.
+"""The acoustic encoder's and decoder's peak memory, in units of their largest activations (64
+channels at 24 kHz in the encoder's first block, 32 in the decoder's last at full size): in a
+padded batch too, the encoder keeps at most three alive at once, the decoder three and a half.
 
 Counted by the tensors the model's operations make (a dispatch mode sees each one, and a
 weak reference says when it dies), in units of one first-block activation: what a batch's
@@ -73,3 +74,23 @@ def test_the_counter_sees_a_copy():
         c = b + a
         del b
     assert outputs.peak == 3 * 4000 and c.numel() == 1000
+
+
+def _last_block_peak(frames: list[int]) -> float:
+    model = load_model("tiny-24k")
+    decoder = model.acoustic_decoder
+    latents = torch.randn(len(frames), decoder.conv1.in_channels, max(frames), generator=torch.Generator().manual_seed(0))
+    samples = max(frames) * model.config.hop_length
+    activation = len(frames) * decoder.conv2.in_channels * samples * 4  # one last-block tensor
+    with torch.inference_mode(), LiveOutputs() as outputs:
+        decoder(latents, torch.tensor(frames))
+    return outputs.peak / activation
+
+
+def test_the_acoustic_decoder_keeps_at_most_three_and_a_half_last_block_activations():
+    # Its peak is the last upsampling: its input and Snake's output (two thirds each), the
+    # phase conv's output and its interleaved copy. Before, 4.4: each block's input was kept
+    # alive through the block, and the phase conv's output until the bias was added. (The
+    # tiny model's weights are as large as 20 frames' activations: 200 frames here.)
+    assert _last_block_peak([200]) <= 3.5
+    assert _last_block_peak([200, 130, 40]) <= 3.5

@@ -116,10 +116,18 @@ class AcousticDecoderBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None):
         """Returns the output and each item's output length."""
-        x, lengths = masked_conv(self.conv_t1, self.snake1(x), lengths, in_place=True)
-        for unit in (self.res_unit1, self.res_unit2, self.res_unit3):
+        x, lengths = self.upsample(x, lengths)
+        for unit in self.units:
             x = unit(x, lengths)
         return x, lengths
+
+    @property
+    def units(self) -> tuple[AcousticResidualUnit, ...]:
+        return self.res_unit1, self.res_unit2, self.res_unit3
+
+    def upsample(self, x: torch.Tensor, lengths: torch.Tensor | None):
+        """The transposed conv before the units: its output and each item's output length."""
+        return masked_conv(self.conv_t1, self.snake1(x), lengths, in_place=True)
 
 
 class AcousticDecoder(nn.Module):
@@ -140,6 +148,8 @@ class AcousticDecoder(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """`lengths`: each item's valid frames in a padded batch (None: all full)."""
         x, lengths = masked_conv(self.conv1, x, lengths)
-        for block in self.block:
-            x, lengths = block(x, lengths)
+        for block in self.block:  # step by step, as the encoder does: no block's input kept alive through it
+            x, lengths = block.upsample(x, lengths)
+            for unit in block.units:
+                x = unit(x, lengths)
         return masked_conv(self.conv2, self.snake1(x), lengths, in_place=True)[0]

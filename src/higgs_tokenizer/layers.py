@@ -309,6 +309,7 @@ class UpsamplingConv1d(nn.ConvTranspose1d):
         phases = onednn_conv1d(x, self.phase_weight(), None, padding=1)  # [B, (phase, out), frames + 1]
         out = phases.view(batch, s, self.out_channels, frames + 1).permute(0, 2, 3, 1)
         out = out.reshape(batch, self.out_channels, (frames + 1) * s)
+        del phases  # two tensors as large as the output alive at once, not three
         length = (frames - 1) * s - 2 * p + k + out_pad
         out = out[:, :, p : p + length]
         return out + self.bias[:, None] if self.bias is not None else out.contiguous()
