@@ -1,6 +1,7 @@
 """The acoustic encoder's and decoder's peak memory, in units of their largest activations (64
 channels at 24 kHz in the encoder's first block, 32 in the decoder's last at full size): in a
-padded batch too, the encoder keeps at most three alive at once, the decoder three and a half.
+padded batch too, the encoder keeps at most three alive at once, the decoder three and a half;
+HuBERT's feature encoder at most three of its first conv's outputs (512 channels at 3.2 kHz).
 
 Counted by the tensors the model's operations make (a dispatch mode sees each one, and a
 weak reference says when it dies), in units of one first-block activation: what a batch's
@@ -94,3 +95,22 @@ def test_the_acoustic_decoder_keeps_at_most_three_and_a_half_last_block_activati
     # tiny model's weights are as large as 20 frames' activations: 200 frames here.)
     assert _last_block_peak([200]) <= 3.5
     assert _last_block_peak([200, 130, 40]) <= 3.5
+
+
+def _hubert_first_layer_peak(lengths: list[int]) -> float:
+    model = load_model("tiny-24k")
+    features = model.semantic_model.feature_extractor
+    conv = features.conv_layers[0].conv
+    frames = (max(lengths) - conv.kernel_size[0]) // conv.stride[0] + 1
+    activation = len(lengths) * conv.out_channels * frames * 4  # HuBERT's first conv output
+    x = torch.randn(len(lengths), max(lengths), generator=torch.Generator().manual_seed(0)) * 0.1
+    with torch.inference_mode(), LiveOutputs() as outputs:
+        features(x, torch.tensor(lengths))
+    return outputs.peak / activation
+
+
+def test_hubert_feature_encoder_keeps_at_most_three_first_layer_activations():
+    # Its group norm, per item in a padded batch, writes into one output (before: each
+    # item's piece, padded, then all of them joined: 3.6), and GELU works in place.
+    assert _hubert_first_layer_peak([64_000]) <= 3.1
+    assert _hubert_first_layer_peak([64_000, 40_000, 16_000]) <= 3.1

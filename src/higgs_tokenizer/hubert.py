@@ -32,14 +32,19 @@ class FeatureEncoderLayer(nn.Module):
         padding, so a valid output frame only ever reads valid input frames."""
         x, lengths = self.conv(x), conv_lengths(self.conv, lengths)
         if self.layer_norm is not None:
-            if lengths is None:
+            if lengths is None or (x.shape[0] == 1 and int(lengths[0]) == x.shape[-1]):  # nothing padded
                 x = self.layer_norm(x)
             else:
-                # Normalise each item over its own frames only, exactly as it would be alone.
-                x = torch.cat(
-                    [F.pad(self.layer_norm(x[i : i + 1, :, :n]), (0, x.shape[-1] - n)) for i, n in enumerate(lengths.tolist())]
-                )
-        return F.gelu(x), lengths
+                # Normalise each item over its own frames only, exactly as it would be alone,
+                # into one output (the first layer's is HuBERT's largest activation: 512
+                # channels at 3.2 kHz), past each item's frames zero.
+                normalised = torch.zeros_like(x)
+                for i, n in enumerate(lengths.tolist()):
+                    normalised[i, :, :n] = self.layer_norm(x[i : i + 1, :, :n])[0]
+                x = normalised
+        if torch.is_grad_enabled() and x.requires_grad:
+            return F.gelu(x), lengths
+        return torch.ops.aten.gelu_(x), lengths  # the same bits, in the conv's (or norm's) own tensor
 
 
 class FeatureEncoder(nn.Module):
