@@ -40,8 +40,9 @@ MEMORY_BUDGET_GB = 2.0
 # peak memory measured with benchmarks/batch_long_stream.py memory-estimate (CPU, float32,
 # full-size model 10-120 s, tiny model 10-180 s; docs/batching-long-streaming.md): the
 # widest conv activation (residual inputs, Snake and conv outputs, blocks the allocator
-# keeps for reuse) and the attention scores of one HuBERT layer.
-ACTIVATION_COPIES = 8.0
+# keeps for reuse) and the attention scores of one HuBERT layer. 8 before the acoustic
+# encoder kept fewer activations alive at once (2026-11-28).
+ACTIVATION_COPIES = 6.5
 ATTENTION_COPIES = 1.0
 
 
