@@ -50,14 +50,21 @@ class LiveOutputs(TorchDispatchMode):
             del self.live[address]
 
 
-def _first_block_peak(lengths: list[int]) -> float:
-    model = load_model("tiny-24k")
-    samples = max(lengths)
-    x = torch.randn(len(lengths), 1, samples, generator=torch.Generator().manual_seed(0)) * 0.1
-    activation = len(lengths) * model.acoustic_encoder.conv1.out_channels * samples * 4  # one first-block tensor
+def _peak(module, x: torch.Tensor, lengths: list[int], activation_elements: int) -> float:
+    """The peak of `module(x, lengths)`'s live outputs, in float32 tensors of `activation_elements`."""
     with torch.inference_mode(), LiveOutputs() as outputs:
-        model.acoustic_encoder(x, torch.tensor(lengths))
-    return outputs.peak / activation
+        module(x, torch.tensor(lengths))
+    return outputs.peak / (4 * activation_elements)
+
+
+def _noise(*shape: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(0)) * 0.1
+
+
+def _first_block_peak(lengths: list[int]) -> float:
+    encoder = load_model("tiny-24k").acoustic_encoder
+    samples = max(lengths)
+    return _peak(encoder, _noise(len(lengths), 1, samples), lengths, len(lengths) * encoder.conv1.out_channels * samples)
 
 
 def test_the_acoustic_encoder_keeps_at_most_three_first_block_activations():
@@ -67,25 +74,12 @@ def test_the_acoustic_encoder_keeps_at_most_three_first_block_activations():
     assert _first_block_peak([48_000, 30_000, 12_000]) <= 3.2  # a padded batch: zeroed in place
 
 
-def test_the_counter_sees_a_copy():
-    """The measure itself: a third tensor as large as the others counts."""
-    with torch.inference_mode(), LiveOutputs() as outputs:
-        a = torch.ones(1000)
-        b = a * 2
-        c = b + a
-        del b
-    assert outputs.peak == 3 * 4000 and c.numel() == 1000
-
-
 def _last_block_peak(frames: list[int]) -> float:
     model = load_model("tiny-24k")
     decoder = model.acoustic_decoder
-    latents = torch.randn(len(frames), decoder.conv1.in_channels, max(frames), generator=torch.Generator().manual_seed(0))
     samples = max(frames) * model.config.hop_length
-    activation = len(frames) * decoder.conv2.in_channels * samples * 4  # one last-block tensor
-    with torch.inference_mode(), LiveOutputs() as outputs:
-        decoder(latents, torch.tensor(frames))
-    return outputs.peak / activation
+    latents = _noise(len(frames), decoder.conv1.in_channels, max(frames)) * 10
+    return _peak(decoder, latents, frames, len(frames) * decoder.conv2.in_channels * samples)
 
 
 def test_the_acoustic_decoder_keeps_at_most_three_and_a_half_last_block_activations():
@@ -98,15 +92,10 @@ def test_the_acoustic_decoder_keeps_at_most_three_and_a_half_last_block_activati
 
 
 def _hubert_first_layer_peak(lengths: list[int]) -> float:
-    model = load_model("tiny-24k")
-    features = model.semantic_model.feature_extractor
+    features = load_model("tiny-24k").semantic_model.feature_extractor
     conv = features.conv_layers[0].conv
     frames = (max(lengths) - conv.kernel_size[0]) // conv.stride[0] + 1
-    activation = len(lengths) * conv.out_channels * frames * 4  # HuBERT's first conv output
-    x = torch.randn(len(lengths), max(lengths), generator=torch.Generator().manual_seed(0)) * 0.1
-    with torch.inference_mode(), LiveOutputs() as outputs:
-        features(x, torch.tensor(lengths))
-    return outputs.peak / activation
+    return _peak(features, _noise(len(lengths), max(lengths)), lengths, len(lengths) * conv.out_channels * frames)
 
 
 def test_hubert_feature_encoder_keeps_at_most_three_first_layer_activations():
@@ -114,3 +103,13 @@ def test_hubert_feature_encoder_keeps_at_most_three_first_layer_activations():
     # item's piece, padded, then all of them joined: 3.6), and GELU works in place.
     assert _hubert_first_layer_peak([64_000]) <= 3.1
     assert _hubert_first_layer_peak([64_000, 40_000, 16_000]) <= 3.1
+
+
+def test_the_counter_sees_a_copy():
+    """The measure itself: a third tensor as large as the others counts."""
+    with torch.inference_mode(), LiveOutputs() as outputs:
+        a = torch.ones(1000)
+        b = a * 2
+        c = b + a
+        del b
+    assert outputs.peak == 3 * 4000 and c.numel() == 1000
