@@ -87,7 +87,8 @@ class AcousticEncoder(nn.Module):
         for block in self.block:
             # The block's steps one by one (`block(x)` does the same): a call of the block would
             # keep its input alive here until it returned, a tensor as large as the first
-            # block's every activation (64 channels at 24 kHz) beside its three.
+            # block's every activation (64 channels at 24 kHz) beside its three. So hooks or
+            # wrappers on a block itself (not on its units and layers) do not run here.
             for unit in block.units:
                 x = unit(x, lengths)
             x, lengths = block.downsample(x, lengths)
@@ -148,7 +149,7 @@ class AcousticDecoder(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """`lengths`: each item's valid frames in a padded batch (None: all full)."""
         x, lengths = masked_conv(self.conv1, x, lengths)
-        for block in self.block:  # step by step, as the encoder does: no block's input kept alive through it
+        for block in self.block:  # step by step, as the encoder does (no block's input kept alive through it; no block hooks)
             x, lengths = block.upsample(x, lengths)
             for unit in block.units:
                 x = unit(x, lengths)
