@@ -388,12 +388,16 @@ def split_weight_norm(weight: torch.Tensor, dim: int) -> tuple[torch.Tensor, tor
 # its own length are zero, as its own zero padding would be. `lengths` ([batch],
 # int64) tracks each item's valid length through the layers; None means every
 # item fills the batch, and nothing needs masking.
+def _frames_inside(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """`[batch, 1, time]`: whether each frame of `x` `[batch, channels, time]` is before its item's length."""
+    return (torch.arange(x.shape[-1], device=x.device) < lengths.to(x.device)[:, None])[:, None, :]
+
+
 def zero_padding(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
     """`x` `[batch, channels, time]` with every frame at or past its item's length set to zero."""
     if lengths is None:
         return x
-    keep = torch.arange(x.shape[-1], device=x.device) < lengths.to(x.device)[:, None]
-    return torch.where(keep[:, None, :], x, torch.zeros((), dtype=x.dtype, device=x.device))
+    return torch.where(_frames_inside(x, lengths), x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def conv_lengths(conv: nn.Module, lengths: torch.Tensor | None) -> torch.Tensor | None:
@@ -410,8 +414,7 @@ def zero_padding_(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor
     """`zero_padding` in place, for a tensor the caller has just made and nothing else reads:
     no copy as large as `x` (at 24 kHz, a copy is the size of a whole layer's output)."""
     if lengths is not None:
-        keep = torch.arange(x.shape[-1], device=x.device) < lengths.to(x.device)[:, None]
-        x.masked_fill_(~keep[:, None, :], 0)
+        x.masked_fill_(~_frames_inside(x, lengths), 0)
     return x
 
 
