@@ -134,7 +134,9 @@ def bench_streams(args, model):
     take less than the audio its frames make). The counts take turns for `--rounds` rounds of `--frames` frames, so a
     slow spell of a shared machine does not fall on one count; a count's figure is the
     median step over its rounds (past each round's first quarter). With `--graphs`, the
-    same steps captured as CUDA graphs take turns with the eager ones."""
+    same steps captured as CUDA graphs take turns with the eager ones. With `--push-batch`,
+    each step's frames are pushed with one `push_batch`, as a language model generating for
+    the streams together would, rather than one `push` a stream."""
     frame_ms = 1000 / model.config.frame_rate
     kinds = ("eager", "graphed") if args.graphs else ("compiled",) if args.compile else ("eager",)
     print(f"| streams | frames per push | {' | '.join(f'ms per step, {kind} (median, pushes included)' for kind in kinds)} "
@@ -159,12 +161,16 @@ def bench_streams(args, model):
             for key, streams in engines.items():
                 count = key[0]
                 ids = [streams.add() for _ in range(count)]
-                codes = [torch.randint(0, 1024, (8, args.frames), generator=torch.Generator().manual_seed(i)) for i in range(count)]
+                codes = torch.stack([torch.randint(0, 1024, (8, args.frames), generator=torch.Generator().manual_seed(i))
+                                     for i in range(count)])
                 steps = []
                 for f in range(0, args.frames, push):
                     def pushes_and_step():  # a live stream pays for both
-                        for i, stream_id in enumerate(ids):
-                            streams.push(stream_id, codes[i][:, f : f + push])
+                        if args.push_batch:
+                            streams.push_batch(ids, codes[:, :, f : f + push])
+                        else:
+                            for i, stream_id in enumerate(ids):
+                                streams.push(stream_id, codes[i, :, f : f + push])
                         streams.step()
 
                     steps.append(_timed(pushes_and_step))
@@ -195,9 +201,11 @@ def bench_overhead(args, model):
     """The engine's host time per stream, apart from the decoder's layers: what a step of
     many streams costs however fast the device is (checking and queueing pushes, stacking
     states, handing out audio). The layers are stood in for by copies of the histories and
-    silent audio, so this measures everything a step does but their arithmetic. With
-    `--sit-out P`, each stream skips a step's push with probability P (as streams of a
-    server do): the steps then gather and copy the states of streams that join and leave."""
+    silent audio, so this measures everything a step does but their arithmetic. Pushes are
+    timed both ways: one `push` a stream, and one `push_batch` for the step's streams (which
+    the steps then take). With `--sit-out P`, each stream skips a step's push with
+    probability P (as streams of a server do): the steps then gather and copy the states of
+    streams that join and leave."""
 
     def no_layers(decoder, step, x):
         for name, history in step.buffers.items():
@@ -205,20 +213,24 @@ def bench_overhead(args, model):
         return torch.zeros(x.shape[0], x.shape[-1] * model.config.hop_length, dtype=x.dtype, device=x.device)
 
     streaming.decoder_layers = no_layers  # decode_step looks it up on each call
-    print("| streams | pushes ms per step | µs per stream | step ms (no layers) | µs per stream |")
+    print("| streams | one push a stream, µs per stream | push_batch, µs per stream | step ms (no layers) | µs per stream |")
     print("| --- | --- | --- | --- | --- |")
     for count in args.counts:
-        streams = DecoderStreams(model)
-        ids = [streams.add() for _ in range(count)]
-        codes = torch.randint(0, 1024, (8, args.frames), generator=torch.Generator().manual_seed(0))
+        each, batch = DecoderStreams(model), DecoderStreams(model)
+        ids = [each.add() for _ in range(count)]
+        assert ids == [batch.add() for _ in range(count)]
+        codes = torch.randint(0, 1024, (count, 8, args.frames), generator=torch.Generator().manual_seed(0))
         rng = np.random.default_rng(0)
-        pushes, steps = [], []
+        pushes, batched, steps = [], [], []
         for f in range(args.frames):
-            pushing = [stream_id for stream_id in ids if rng.random() >= args.sit_out]
-            pushes.append(_timed(lambda: [streams.push(stream_id, codes[:, f : f + 1]) for stream_id in pushing]))
-            steps.append(_timed(streams.step))
-        push, step = statistics.median(pushes[args.frames // 4 :]), statistics.median(steps[args.frames // 4 :])
-        print(f"| {count} | {1000 * push:.2f} | {1e6 * push / count:.1f} | {1000 * step:.2f} | {1e6 * step / count:.1f} |", flush=True)
+            pushing = [i for i in ids if rng.random() >= args.sit_out]
+            pushes.append(_timed(lambda: [each.push(i, codes[i, :, f : f + 1]) for i in pushing]) / max(1, len(pushing)))
+            each.step()
+            batched.append(_timed(lambda: batch.push_batch(pushing, codes[pushing, :, f : f + 1])) / max(1, len(pushing)))
+            steps.append(_timed(batch.step))
+        push, push_batch = statistics.median(pushes[args.frames // 4 :]), statistics.median(batched[args.frames // 4 :])
+        step = statistics.median(steps[args.frames // 4 :])
+        print(f"| {count} | {1e6 * push:.1f} | {1e6 * push_batch:.1f} | {1000 * step:.2f} | {1e6 * step / count:.1f} |", flush=True)
 
 
 @torch.inference_mode()
@@ -267,6 +279,7 @@ def main():
     ap.add_argument("--compile", action="store_true", help="push: also the compiled step; streams: compiled steps only")
     ap.add_argument("--graphs", action="store_true", help="streams: eager steps and steps captured as CUDA graphs")
     ap.add_argument("--sit-out", type=float, default=0.0, help="overhead: chance a stream skips a step's push")
+    ap.add_argument("--push-batch", action="store_true", help="streams: each step's frames in one push_batch")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--precision", default="float32", help="float32 (default), tf32, bfloat16 or float16")
     ap.add_argument("--unfolded-elements", type=int, default=None,

@@ -171,6 +171,52 @@ def test_bad_input_leaves_the_stream_usable(model):
 
 
 @torch.inference_mode()
+def test_push_batch_is_each_push_and_refuses_all_or_nothing(model):
+    """A batch of streams' frames pushed at once gives each stream the audio that pushing
+    them one by one gives, bit for bit; a batch refused for any one stream queues nothing."""
+    codes = torch.stack([random_codes(20 + i, 8, 12) for i in range(3)])  # [streams, n_q, frames]
+    one_by_one, batched = DecoderStreams(model), DecoderStreams(model)
+    ids_a = [one_by_one.add() for _ in range(3)]
+    ids_b = [batched.add() for _ in range(3)]
+    out_a, out_b = {i: [] for i in ids_a}, {i: [] for i in ids_b}
+    for f in range(0, 12, 3):
+        for i, stream_id in enumerate(ids_a):
+            one_by_one.push(stream_id, codes[i, :, f : f + 3])
+        batched.push_batch(ids_b, codes[:, :, f : f + 3])
+        for out, piece in ((out_a, one_by_one.step()), (out_b, batched.step())):
+            for stream_id, audio in piece.items():
+                out[stream_id].append(audio)
+    for stream_id in ids_b:
+        batched.end(stream_id)
+    for stream_id, audio in batched.step().items():
+        out_b[stream_id].append(audio)
+    for i, (a, b) in enumerate(zip(ids_a, ids_b)):
+        assert torch.equal(torch.cat(out_a[a]), torch.cat(out_b[b][:-1]))
+        assert_audio_close(torch.cat(out_b[b]), decoded_alone(model, codes[i]), tol=STREAM_TOL)
+
+    streams = DecoderStreams(model)
+    a, b, ended = streams.add(), streams.add(), streams.add()
+    streams.push(a, codes[0, :6, :2])  # a has 6 quantizers from now on
+    streams.end(ended)
+    streams.step()
+    refused = {
+        "this stream has 6 \\(stream 0\\)": ([a, b], codes[:2, :, :1]),
+        "must lie in \\[0, 1024\\)": ([b], torch.full((1, 8, 1), -1)),
+        "shape \\[2 streams, n_q, frames\\]": ([a, b], codes[:3, :6, :1]),
+        "more than once": ([b, b], codes[:2, :, :1]),
+        "has ended": ([b, ended], codes[:2, :, :1]),
+        "no stream with id 99": ([b, 99], codes[:2, :, :1]),
+    }
+    for match, (ids, bad) in refused.items():
+        with pytest.raises((ValueError, RuntimeError, KeyError), match=match):
+            streams.push_batch(ids, bad)
+        assert streams.frames_waiting(a) == 0 and streams.frames_waiting(b) == 0, match
+    streams.push_batch([], codes[:0])  # no streams: nothing to do
+    streams.push_batch([b, a], codes[:2, :6, 2:4])
+    assert streams.frames_waiting(a) == streams.frames_waiting(b) == 2
+
+
+@torch.inference_mode()
 def test_state_copies_are_independent_and_reset_starts_again(model):
     streams = DecoderStreams(model)
     s = streams.add()

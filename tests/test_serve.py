@@ -449,6 +449,50 @@ def test_a_full_queue_refuses_and_a_stopping_engine_takes_nothing(tokenizer, spe
         engine.open_stream(None, None)
 
 
+def test_the_live_worker_pushes_a_tick_of_frames_as_one_batch(tokenizer, monkeypatch):
+    """The frames that streams sent since the last tick are queued with one push_batch; when
+    that batch is refused (here for a stream whose codes no check stopped), each stream is
+    pushed on its own, and only the one that refuses fails."""
+    from higgs_tokenizer.decoder_streams import DecoderStreams
+    from higgs_tokenizer.serve.engine import Engine
+    from higgs_tokenizer.serve.metrics import Metrics
+    from higgs_tokenizer.serve.settings import ServeSettings
+
+    batches = []
+    real = DecoderStreams.push_batch
+    monkeypatch.setattr(DecoderStreams, "push_batch", lambda self, ids, codes: batches.append(len(ids)) or real(self, ids, codes))
+
+    class Sink:
+        def __init__(self):
+            self.pieces, self.done, self.error = [], threading.Event(), None
+        def audio(self, samples): self.pieces.append(samples)
+        def finished(self, samples): self.done.set()
+        def failed(self, error): self.error = error; self.done.set()
+
+    codes = [torch.randint(0, 1024, (8, 6), generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    bad = codes[2].clone()
+    bad[0, 0] = 5000  # out of range: as if the server's own check had let it through
+    for third in (codes[2], bad):
+        batches.clear()
+        engine = Engine(tokenizer, ServeSettings(), Metrics())  # commands queue up until it starts
+        sinks = [Sink() for _ in range(3)]
+        ids = [engine.open_stream(sink, None) for sink in sinks]
+        for stream_id, frames in zip(ids, (codes[0], codes[1], third)):
+            engine.push(stream_id, frames)
+        for stream_id in ids:
+            engine.end(stream_id)
+        engine.start()
+        assert all(sink.done.wait(60) for sink in sinks)
+        engine.stop()
+        for sink, frames in zip(sinks[:2], codes):
+            assert sink.error is None
+            assert_audio_close(torch.cat(sink.pieces), tokenizer.model.decode(frames[None]).audio_values[0, 0], tol=STREAM_TOL)
+        if third is bad:
+            assert batches == [3, 1, 1, 1] and "must lie in" in str(sinks[2].error)
+        else:
+            assert batches == [3] and sinks[2].error is None
+
+
 def test_sigterm_with_a_stream_open_closes_it_and_exits():
     """Open streams do not hold a shutdown up: they are closed, and the server exits 0."""
     process = ServerProcess(fixture_dir("tiny-24k"))

@@ -23,7 +23,9 @@ zero padding stands in for the frames not yet made); they are not revised later.
 
 from __future__ import annotations
 
+import collections
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -37,23 +39,27 @@ from .streaming import DecoderPlan, DecoderState, decode_step, detach_all, new_s
 @dataclass
 class _Stream:
     state: DecoderState
-    waiting: list[torch.Tensor] = field(default_factory=list)  # [n_q, k] chunks, checked
+    waiting: collections.deque = field(default_factory=collections.deque)  # [n_q, k] chunks, checked
+    frames_waiting: int = 0
     ending: bool = False  # no more frames: the next step gives the last samples
     emitted: int = 0  # samples given out
     exact: int = 0  # samples final so far
 
-    @property
-    def frames_waiting(self) -> int:
-        return sum(c.shape[-1] for c in self.waiting)
+    def queue(self, codes: torch.Tensor) -> None:
+        self.waiting.append(codes)
+        self.frames_waiting += codes.shape[-1]
 
     def take(self, frames: int) -> torch.Tensor:
         """The next `frames` frames, from as few chunks as hold them (a long backlog is not
         copied on every step)."""
+        self.frames_waiting -= frames
+        if self.waiting[0].shape[-1] == frames:  # a push a step: the usual case
+            return self.waiting.popleft()
         taken = []
         while frames:
             chunk = self.waiting[0]
             if chunk.shape[-1] <= frames:
-                taken.append(self.waiting.pop(0))
+                taken.append(self.waiting.popleft())
                 frames -= chunk.shape[-1]
             else:
                 taken.append(chunk[:, :frames])
@@ -156,26 +162,36 @@ class DecoderStreams:
     def push(self, stream_id: int, codes) -> None:
         """Queue code frames `[n_q, k]` for the next step. Checked first: a refused push
         leaves the stream as it was."""
-        codes = self.check_push(stream_id, codes)
-        if codes.shape[-1]:
-            self._streams[stream_id].waiting.append(codes)
-
-    def check_push(self, stream_id: int, codes) -> torch.Tensor:
-        """`codes` as `push` would queue them for this stream, or the error it would raise."""
-        stream = self._stream(stream_id)
-        if stream.ending or stream.state.ended:
-            raise RuntimeError(f"stream {stream_id} has ended; add a new stream")
         codes = torch.as_tensor(codes)
         if codes.dim() != 2:
             raise ValueError(f"push codes of shape [n_q, frames], got {tuple(codes.shape)}")
-        if codes.shape[-1] == 0:
-            return codes
+        self.push_batch([stream_id], codes[None])
+
+    def push_batch(self, stream_ids: Sequence[int], codes) -> None:
+        """Queue `codes[b]` `[n_q, k]` for stream `stream_ids[b]`, for every b: the next frames
+        of a batch of streams, as a language model generating for them together makes them.
+        The codes are checked once for the batch (that check is most of a push's host time,
+        which a step of hundreds of streams pays per stream); all or nothing: a refused
+        batch leaves every stream as it was."""
+        codes = torch.as_tensor(codes)
+        if codes.dim() != 3 or codes.shape[0] != len(stream_ids):
+            raise ValueError(f"push_batch takes codes of shape [{len(stream_ids)} streams, n_q, frames], got {tuple(codes.shape)}")
+        if len(set(stream_ids)) != len(stream_ids):
+            raise ValueError("a stream id appears more than once in one push_batch")
+        streams = [self._stream(i) for i in stream_ids]
+        for stream_id, stream in zip(stream_ids, streams):
+            if stream.ending or stream.state.ended:
+                raise RuntimeError(f"stream {stream_id} has ended; add a new stream")
+        if codes.shape[0] == 0 or codes.shape[-1] == 0:
+            return
         # On the host, and our own copy (a caller may reuse its tensor): moved with the step's batch.
-        codes = self.model.check_codes(codes[None], to_device=False)[0].to("cpu", copy=True)
-        expected = stream.state.num_quantizers or (stream.waiting[0].shape[0] if stream.waiting else None)
-        if expected is not None and codes.shape[0] != expected:
-            raise ValueError(f"pushed codes have {codes.shape[0]} quantizers; this stream has {expected}")
-        return codes
+        codes = self.model.check_codes(codes, to_device=False).to("cpu", copy=True)
+        for stream_id, stream in zip(stream_ids, streams):
+            expected = stream.state.num_quantizers or (stream.waiting[0].shape[0] if stream.waiting else None)
+            if expected is not None and codes.shape[1] != expected:
+                raise ValueError(f"pushed codes have {codes.shape[1]} quantizers; this stream has {expected} (stream {stream_id})")
+        for stream, rows in zip(streams, codes.unbind(0)):
+            stream.queue(rows)
 
     def end(self, stream_id: int) -> None:
         """No more frames for this stream: the next step gives its last samples."""
@@ -202,8 +218,10 @@ class DecoderStreams:
         for stream_id, stream in self._streams.items():
             if stream.frames_waiting and not stream.state.ended:
                 groups.setdefault(stream.waiting[0].shape[0], []).append(stream_id)
-        self._detach_left_out({i for ids in groups.values() for i in ids}.union(self._ending()))
-        out: dict[int, list[torch.Tensor]] = {}
+        stepping = {i for ids in groups.values() for i in ids}.union(self._ending())
+        if len(stepping) < len(self._streams):
+            self._detach_left_out(stepping)
+        out: dict[int, torch.Tensor] = {}
         for ids in groups.values():
             streams = [self._streams[i] for i in ids]
             frames = min(s.frames_waiting for s in streams)
@@ -215,15 +233,16 @@ class DecoderStreams:
             states = [s.state for s in streams]
             audio = decode_step(self.model, self.plan, states, codes, programs=self._programs(), to_host=True)
             for stream_id, stream, exact, ahead in zip(ids, streams, audio, self._provisional(streams)):
-                out.setdefault(stream_id, []).append(self._emit(stream, exact, ahead))
+                out[stream_id] = self._emit(stream, exact, ahead)
         ending = self._ending()  # and those whose last frames were just decoded
         if ending:
             streams = [self._streams[i] for i in ending]
             audio = decode_step(self.model, self.plan, [s.state for s in streams], None, to_host=True)
             for stream_id, stream, last in zip(ending, streams, audio):
                 stream.state.ended = True
-                out.setdefault(stream_id, []).append(self._emit(stream, last, None))
-        return {stream_id: pieces[0] if len(pieces) == 1 else torch.cat(pieces) for stream_id, pieces in out.items()}
+                audio = self._emit(stream, last, None)
+                out[stream_id] = torch.cat([out[stream_id], audio]) if stream_id in out else audio
+        return out
 
     def _ending(self) -> list[int]:
         return [i for i, s in self._streams.items() if s.ending and not s.waiting and not s.state.ended]
@@ -249,7 +268,10 @@ class DecoderStreams:
         """The samples not given out yet: the new final ones, then provisional ones up to
         the lookahead."""
         start = stream.exact
-        stream.exact += len(exact)
+        stream.exact += exact.shape[0]
+        if ahead is None and stream.emitted <= start:  # exact audio only, none given out yet
+            stream.emitted = stream.exact
+            return exact.clone()  # a copy: a view would keep the whole step's audio alive
         pieces = [exact[max(0, stream.emitted - start) :]]
         target = stream.exact
         if ahead is not None:
@@ -323,16 +345,14 @@ class StreamingDecoder:
             raise ValueError(f"pushed a batch of {len(items)}; this stream has {len(self._ids)}")
         new = self._ids is None
         ids = self._ids if not new else [self.streams.add() for _ in items]
-        try:  # every item checked before any is queued, so a refused push changes nothing
-            checked = [self.streams.check_push(i, item) for i, item in zip(ids, items)]
+        try:  # all or nothing: a refused push changes nothing
+            self.streams.push_batch(ids, items)
         except Exception:
             if new:
                 for stream_id in ids:
                     self.streams.remove(stream_id)
             raise
         self._ids, self._batched = ids, batched
-        for stream_id, item in zip(ids, checked):
-            self.streams.push(stream_id, item)
         return self._collect(self.streams.step())
 
     def flush(self) -> torch.Tensor:

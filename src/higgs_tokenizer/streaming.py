@@ -398,14 +398,12 @@ def decode_step(
             audio = decoder_layers(decoder, step, x)
     if to_host:
         audio = audio.to(device="cpu", dtype=torch.float32)
-    start_times = [n * plan.hop - plan.latency_samples for n in step.latent_frames]  # of audio[b, 0]
     step.finish(x.shape[-1])
-    out = []
-    for b, state in enumerate(states):
-        start, stop = start_times[b], start_times[b] + audio.shape[-1]
-        if end:
-            stop = min(stop, state.frames * plan.hop)
-        out.append(audio[b, max(0, -start) : max(0, stop - start)])
+    out, width = [], audio.shape[-1]
+    for row, state, latent_frames in zip(audio.unbind(0), states, step.latent_frames):
+        start = latent_frames * plan.hop - plan.latency_samples  # the time of row[0]
+        stop = min(start + width, state.frames * plan.hop) if end else start + width
+        out.append(row if start >= 0 and stop == start + width else row[max(0, -start) : max(0, stop - start)])
         if not end:
             state.frames += codes.shape[-1]
     return out

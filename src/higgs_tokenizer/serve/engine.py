@@ -178,8 +178,7 @@ class Engine:
                     self._cond.wait()
                 commands, self._commands = self._commands, []
                 stopping = self._stopping
-            for command in commands:
-                self._apply(command, live, engines)
+            self._apply_all(commands, live, engines)
             if stopping and not live and not commands:
                 return
             try:
@@ -188,6 +187,33 @@ class Engine:
                 log.exception("decoder step failed")
                 for stream_id in list(live):
                     self._drop(stream_id, live, error=err)
+
+    def _apply_all(self, commands: list[tuple], live: dict, engines: dict) -> None:
+        """The commands in order, except that a run of pushes to different streams is queued
+        as one `push_batch` per decoder and shape: one check of the codes for all of them,
+        where a push checks its own (hundreds of streams would pay it hundreds of times)."""
+        pushes: dict[int, torch.Tensor] = {}  # stream -> codes, a run of them in order
+        for command in commands:
+            if command[0] == "push" and command[1] not in pushes:
+                pushes[command[1]] = command[2]
+                continue
+            self._push_all(pushes, live, engines)
+            pushes = {command[1]: command[2]} if command[0] == "push" else {}
+            if command[0] != "push":
+                self._apply(command, live, engines)
+        self._push_all(pushes, live, engines)
+
+    def _push_all(self, pushes: dict[int, torch.Tensor], live: dict, engines: dict) -> None:
+        batches: dict[tuple, list[int]] = {}  # (decoder, shape) -> streams
+        for stream_id, codes in pushes.items():
+            if stream_id in live:  # else closed already
+                batches.setdefault((id(live[stream_id].streams), codes.shape), []).append(stream_id)
+        for ids in batches.values():
+            try:
+                live[ids[0]].streams.push_batch([live[i].inner_id for i in ids], torch.stack([pushes[i] for i in ids]))
+            except Exception:  # checked before; each stream on its own, so that one that refuses fails alone
+                for stream_id in ids:
+                    self._apply(("push", stream_id, pushes[stream_id]), live, engines)
 
     def _apply(self, command: tuple, live: dict, engines: dict) -> None:
         kind, stream_id = command[0], command[1]
