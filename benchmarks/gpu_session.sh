@@ -15,7 +15,8 @@
 #   profile.md     encode and decode time per part against the card's rates (profile_parts.py)
 #   tests.md       the CUDA graph tests (tests/test_graphed_steps.py; the CPU skips the capture)
 #   streams.md     batched 1-frame and 5-frame decoder steps, 1 to 1024 streams, eager and as
-#                  CUDA graphs, taking turns (streaming.py)
+#                  CUDA graphs, taking turns, each step's frames in one push_batch (streaming.py;
+#                  the 2026-11-28 H200 figures pushed stream by stream, 17 µs a stream)
 #   products.md    (STEPS="products") 1-frame steps of 256 to 1024 streams with their convs as matrix products up to
 #                  2^28 unfolded elements (1 GiB) rather than 2^25: whether cuDNN is what makes
 #                  1024 streams 3.4x as slow as 512
@@ -87,10 +88,10 @@ run)
             || { echo "(the CUDA graph tests failed: the steps below run without graphs)"; graphs=() graph_steps=(); } ;; esac
     case $steps in *" streams "*)
         step streams 90 benchmarks/streaming.py streams --model "$model" --device "$device" --counts "${counts[@]}" \
-            --frames 40 --rounds 2 "${graphs[@]}" ;; esac
+            --frames 40 --rounds 2 --push-batch "${graphs[@]}" ;; esac
     case $steps in *" products "*)  # the 1024-stream step with every conv a product: is cuDNN its cost?
         step products 45 benchmarks/streaming.py streams --model "$model" --device "$device" --counts "${many[@]}" \
-            --push 1 --frames 20 --rounds 2 --unfolded-elements $((2**28)) ;; esac
+            --push 1 --frames 20 --rounds 2 --push-batch --unfolded-elements $((2**28)) ;; esac
     case $steps in *" throughput "*)
         step throughput 140 benchmarks/throughput.py --model "$model" --device "$device" "${mix[@]}" --quality \
             --batch-sizes 8 32 --batch-seconds 320 640 ;; esac
