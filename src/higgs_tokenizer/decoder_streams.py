@@ -165,7 +165,9 @@ class DecoderStreams:
         codes = torch.as_tensor(codes)
         if codes.dim() != 2:
             raise ValueError(f"push codes of shape [n_q, frames], got {tuple(codes.shape)}")
-        self.push_batch([stream_id], codes[None])
+        stream = self._open(stream_id)
+        if codes.shape[-1]:
+            stream.queue(self._checked(codes[None], [stream_id], [stream])[0])
 
     def push_batch(self, stream_ids: Sequence[int], codes) -> None:
         """Queue `codes[b]` `[n_q, k]` for stream `stream_ids[b]`, for every b: the next frames
@@ -178,20 +180,28 @@ class DecoderStreams:
             raise ValueError(f"push_batch takes codes of shape [{len(stream_ids)} streams, n_q, frames], got {tuple(codes.shape)}")
         if len(set(stream_ids)) != len(stream_ids):
             raise ValueError("a stream id appears more than once in one push_batch")
-        streams = [self._stream(i) for i in stream_ids]
-        for stream_id, stream in zip(stream_ids, streams):
-            if stream.ending or stream.state.ended:
-                raise RuntimeError(f"stream {stream_id} has ended; add a new stream")
-        if codes.shape[0] == 0 or codes.shape[-1] == 0:
-            return
-        # On the host, and our own copy (a caller may reuse its tensor): moved with the step's batch.
-        codes = self.model.check_codes(codes, to_device=False).to("cpu", copy=True)
+        streams = [self._open(i) for i in stream_ids]
+        if codes.shape[0] and codes.shape[-1]:
+            for stream, rows in zip(streams, self._checked(codes, stream_ids, streams).unbind(0)):
+                stream.queue(rows)
+
+    def _open(self, stream_id: int) -> _Stream:
+        """The stream, if it takes frames."""
+        stream = self._stream(stream_id)
+        if stream.ending or stream.state.ended:
+            raise RuntimeError(f"stream {stream_id} has ended; add a new stream")
+        return stream
+
+    def _checked(self, codes: torch.Tensor, stream_ids: Sequence[int], streams: list[_Stream]) -> torch.Tensor:
+        """`codes` `[streams, n_q, k]` checked, as int64 on the host and our own copy (a caller
+        may reuse its tensor; they move to the device with the step's batch)."""
+        checked = self.model.check_codes(codes, to_device=False)
+        checked = checked.clone() if checked is codes and codes.device.type == "cpu" else checked.cpu()
         for stream_id, stream in zip(stream_ids, streams):
             expected = stream.state.num_quantizers or (stream.waiting[0].shape[0] if stream.waiting else None)
-            if expected is not None and codes.shape[1] != expected:
-                raise ValueError(f"pushed codes have {codes.shape[1]} quantizers; this stream has {expected} (stream {stream_id})")
-        for stream, rows in zip(streams, codes.unbind(0)):
-            stream.queue(rows)
+            if expected is not None and checked.shape[1] != expected:
+                raise ValueError(f"pushed codes have {checked.shape[1]} quantizers; this stream has {expected} (stream {stream_id})")
+        return checked
 
     def end(self, stream_id: int) -> None:
         """No more frames for this stream: the next step gives its last samples."""

@@ -87,6 +87,7 @@ class HiggsAudioV2TokenizerModel(nn.Module):
         self.quantizer = ResidualVectorQuantizer(
             config.num_quantizers, config.hidden_size, config.codebook_size, config.codebook_dim
         )
+        self.num_quantizers = config.num_quantizers  # the most codebooks a code frame has
         self.eval()
 
     # ------------------------------------------------------------------ loading
@@ -575,7 +576,7 @@ class HiggsAudioV2TokenizerModel(nn.Module):
             raise ValueError(f"audio_codes must have shape [batch, num_quantizers, frames], got {tuple(audio_codes.shape)}")
         if audio_codes.is_floating_point() or audio_codes.is_complex() or audio_codes.dtype == torch.bool:
             raise TypeError(f"audio_codes must be an integer tensor, got {audio_codes.dtype}")
-        n_q, frames, most = audio_codes.shape[1], audio_codes.shape[2], len(self.quantizer.quantizers)
+        n_q, frames, most = audio_codes.shape[1], audio_codes.shape[2], self.num_quantizers
         if not 1 <= n_q <= most:
             raise ValueError(f"audio_codes has {n_q} quantizers; this model decodes 1 to {most}")
         if audio_codes.shape[0] == 0 or frames == 0:
