@@ -218,7 +218,8 @@ def bench_overhead(args, model):
     for count in args.counts:
         each, batch = DecoderStreams(model), DecoderStreams(model)
         ids = [each.add() for _ in range(count)]
-        assert ids == [batch.add() for _ in range(count)]
+        if [batch.add() for _ in range(count)] != ids:
+            raise RuntimeError("the two engines numbered their streams differently")
         codes = torch.randint(0, 1024, (count, 8, args.frames), generator=torch.Generator().manual_seed(0))
         rng = np.random.default_rng(0)
         pushes, batched, steps = [], [], []
