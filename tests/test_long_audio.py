@@ -72,6 +72,25 @@ def test_one_window_is_one_shot_and_more_is_close(speech):
 
 
 @torch.inference_mode()
+def test_a_bad_streamed_file_fails_alone_with_its_own_error(speech, tmp_path):
+    """Streamed recordings can be read once: a failure beside them must not make them be
+    read again (they would fail with an error that is not theirs)."""
+    good, bad = tmp_path / "good.wav", tmp_path / "bad.wav"
+    sf.write(good, speech[: 24000 * 5], 24000, subtype="FLOAT")
+    broken = speech[: 24000 * 5].copy()
+    broken[100_000] = np.nan
+    sf.write(bad, broken, 24000, subtype="FLOAT")
+    model = load_model("tiny-24k")
+    tokenizer = HiggsAudioTokenizer(model, memory_budget_gb=1e-6, window_seconds=2, context_seconds=0.5, batch_size=4)
+    clips = [tokenizer.load(good), tokenizer.load(bad), speech[:24000]]
+    assert isinstance(clips[0], SampleSource) and isinstance(clips[1], SampleSource)
+    codes, error, short = tokenizer.try_encode_clips(clips)
+    assert torch.equal(codes, tokenizer.encode(good))
+    assert isinstance(error, ValueError) and "NaN" in str(error)
+    assert torch.equal(short, tokenizer.encode(speech[:24000], sample_rate=24000))
+
+
+@torch.inference_mode()
 def test_long_file_is_streamed_with_a_bounded_buffer(speech, tmp_path):
     pcm = (np.concatenate([speech] * 2)[: 44100 * 50] * 32767).astype(np.int16)  # 50 s, stored at 44.1 kHz
     path = tmp_path / "long.wav"

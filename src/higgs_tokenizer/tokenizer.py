@@ -266,17 +266,23 @@ class HiggsAudioTokenizer:
     @torch.inference_mode()
     def try_encode_clips(self, clips: Sequence, bandwidth: float | None = None) -> list[torch.Tensor | Exception]:
         """`encode_clips` where one bad clip cannot sink the others: each result is the clip's
-        codes or the exception that encoding it raised (a batch that fails is retried clip by clip)."""
+        codes or the exception that encoding it raised. Recordings encoded in windows go one
+        by one (a streamed one can be read only once, so a retry could not read it again); a
+        batch of the others that fails is retried clip by clip."""
+        windowed = {i for i, clip in enumerate(clips) if isinstance(clip, SampleSource) or self._needs_windows(len(clip))}
+        batched = [i for i in range(len(clips)) if i not in windowed]
+        results = {i: self._codes_or_error(clips[i], bandwidth) for i in sorted(windowed)}
         try:
-            return self.encode_clips(clips, bandwidth)
+            results.update(zip(batched, self.encode_clips([clips[i] for i in batched], bandwidth)))
         except Exception:
-            results: list[torch.Tensor | Exception] = []
-            for clip in clips:
-                try:
-                    results.append(self.encode_clips([clip], bandwidth)[0])
-                except Exception as err:
-                    results.append(err)
-            return results
+            results.update((i, self._codes_or_error(clips[i], bandwidth)) for i in batched)
+        return [results[i] for i in range(len(clips))]
+
+    def _codes_or_error(self, clip, bandwidth) -> torch.Tensor | Exception:
+        try:
+            return self.encode_clips([clip], bandwidth)[0]
+        except Exception as err:
+            return err
 
     def _encode_long(self, source: SampleSource, bandwidth) -> torch.Tensor:
         return encode_long(
