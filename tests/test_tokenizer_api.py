@@ -52,6 +52,11 @@ def test_arrays_tensors_and_pairs(tokenizer, short_recordings):
         tokenizer.encode(pcm, sample_rate=rate)  # [samples, channels]
     with pytest.raises(ValueError, match="NaN"):
         tokenizer.encode(np.full(2000, np.nan, dtype=np.float32), sample_rate=24000)
+    floats = torch.from_numpy(pcm.T.astype(np.float32) / 32768)
+    for dtype in (torch.float16, torch.bfloat16):  # types numpy lacks: taken as float32
+        assert torch.equal(tokenizer.encode(floats.to(dtype), sample_rate=rate), tokenizer.encode(floats.to(dtype).float(), sample_rate=rate))
+    with pytest.raises(ValueError, match="no channels"):
+        tokenizer.encode(np.zeros((0, 2000), dtype=np.float32), sample_rate=24000)
 
 
 def test_a_list_is_a_batch_with_per_item_results(tokenizer, short_recordings):

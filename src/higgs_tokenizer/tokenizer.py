@@ -369,7 +369,11 @@ class HiggsAudioTokenizer:
 
 def _as_mono_float(x) -> np.ndarray:
     """An array or tensor `[samples]` or `[channels, samples]` → mono float32; integer PCM scaled to [-1, 1]."""
-    array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        array = (x.float() if x.is_floating_point() and x.dtype not in (torch.float32, torch.float64) else x).numpy()
+    else:
+        array = np.asarray(x)
     if array.dtype.kind in "iu":
         info = np.iinfo(array.dtype)
         scale = float(max(abs(info.min), info.max + 1))
@@ -378,6 +382,8 @@ def _as_mono_float(x) -> np.ndarray:
     elif array.dtype.kind != "f":
         raise TypeError(f"audio must be numbers, got dtype {array.dtype}")
     if array.ndim == 2:
+        if array.shape[0] == 0:
+            raise ValueError(f"audio of shape {array.shape} has no channels")
         if array.shape[0] > 16:
             raise ValueError(
                 f"audio of shape {array.shape}: expected [channels, samples]; transpose a [samples, channels] array"
