@@ -291,7 +291,7 @@ def test_bad_encode_requests_get_their_error(server, speech, case):
 
 
 @pytest.mark.parametrize("case", ["not_json", "out_of_range", "too_many_quantizers", "ragged", "floats", "garbage_file",
-                                  "too_many_frames", "bad_format"])
+                                  "too_many_frames", "bad_format", "json_too_long"])
 def test_bad_decode_requests_get_their_error(server, case):
     url = server.url + "/v1/decode"
     ok_codes = [[1] * 10] * 8
@@ -304,10 +304,36 @@ def test_bad_decode_requests_get_their_error(server, case):
         "garbage_file": lambda: httpx.post(url, content=b"not a codes file" * 10),
         "too_many_frames": lambda: httpx.post(url, json={"codes": [[1] * (15 * 25 + 1)] * 8}),
         "bad_format": lambda: httpx.post(url, params={"format": "mp3"}, json={"codes": ok_codes}),
+        # longer than any codes this server takes can be (refused before it is parsed)
+        "json_too_long": lambda: httpx.post(url, json={"codes": ok_codes, "padding": [0] * 100_000}),
     }[case]
     response = request()
-    assert response.status_code == {"garbage_file": 422}.get(case, 400), response.text
+    assert response.status_code == {"garbage_file": 422, "json_too_long": 413}.get(case, 400), response.text
     assert response.json()["error"]
+    assert healthy(server)
+
+
+def test_a_body_that_stops_coming_and_an_overlong_close_reason(server):
+    """A body that stops arriving gets 408 once no part of it came for --stream-idle-seconds
+    (2 here), freeing its place; a close reason over a close frame's 123 bytes of UTF-8
+    is cut to them, so the client still gets the code and the reason."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as slow:
+        slow.sendall(b"POST /v1/encode HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"\0" * 10)
+        started = time.monotonic()
+        answer = slow.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 408") and b"no part of the body came for 2 s" in answer, answer
+    assert 1.5 < time.monotonic() - started < 20
+
+    async def refused():
+        ws = await websockets.connect(f"{server.ws_url}/v1/decode/stream?format=" + "é" * 200)
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 30)
+        return ws.close_code, ws.close_reason
+
+    code, reason = asyncio.run(refused())
+    assert code == 1008 and reason.startswith("format must be pcm_s16le or pcm_f32le") and len(reason.encode()) <= 123
     assert healthy(server)
 
 

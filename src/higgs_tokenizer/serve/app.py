@@ -248,7 +248,7 @@ class _Handlers:
                 raise BadRequest('multipart body without a "file" field')
             body, content_type = fields["file"][1], CODES_MEDIA_TYPE
         if content_type.startswith("application/json"):
-            codes, num_samples = codes_from_json(body, self.max_frames)
+            codes, num_samples = codes_from_json(body, self.max_frames, self.tokenizer.num_quantizers)
             self.tokenizer.model.check_codes(codes[None], to_device=False)
             item = codes
         else:
@@ -267,13 +267,22 @@ class _Handlers:
                         headers={"X-Decode-Seconds": f"{seconds:.4f}", "X-Num-Samples": str(len(audio))})
 
     async def _body(self, request: Request) -> bytes:
-        """The request body, refused (413) past `max_upload_bytes` without reading it all."""
-        limit = self.settings.max_upload_bytes
+        """The request body, refused (413) past `max_upload_bytes` without reading it all, and
+        (408) when none of it comes for `stream_idle_seconds`: a body that never ends would
+        hold one of the places in flight for good."""
+        limit, idle = self.settings.max_upload_bytes, self.settings.stream_idle_seconds
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             raise BadRequest(f"body of {declared} bytes; at most {limit}", 413)
         chunks, size = [], 0
-        async for chunk in request.stream():
+        stream = request.stream()
+        while True:
+            try:
+                chunk = await asyncio.wait_for(anext(stream), idle)
+            except StopAsyncIteration:
+                break
+            except asyncio.TimeoutError:
+                raise BadRequest(f"no part of the body came for {idle:g} s", 408) from None
             size += len(chunk)
             if size > limit:
                 raise BadRequest(f"body larger than {limit} bytes", 413)
@@ -311,7 +320,7 @@ class _Handlers:
         prebuffer = prebuffer_ms * self.tokenizer.sample_rate // 1000
         sender = asyncio.create_task(self._send_audio(websocket, sink, fmt, prebuffer))
         try:
-            await websocket.send_json({
+            await self._send_json(websocket, {
                 "type": "ready", "sample_rate": self.tokenizer.sample_rate, "frame_rate": self.tokenizer.frame_rate,
                 "num_quantizers": num_quantizers, "format": fmt,
             })
@@ -320,6 +329,8 @@ class _Handlers:
                 code, reason = await sender
         except WebSocketDisconnect:
             code, reason = CLOSE_GOING_AWAY, "client left"
+        except asyncio.TimeoutError:
+            code, reason = CLOSE_POLICY, "the client does not read its messages"
         finally:
             sender.cancel()
             self.engine.close(stream_id)  # frees the state unless the stream ended already
@@ -349,7 +360,7 @@ class _Handlers:
                 self.tokenizer.model.check_codes(codes[None], to_device=False)
             except (BadRequest, ValueError, TypeError) as err:
                 # Refused whole; the stream goes on (an LM's end token, say, must not cost the audio in flight).
-                await websocket.send_json({"type": "error", "message": str(err)})
+                await self._send_json(websocket, {"type": "error", "message": str(err)})
                 continue
             try:
                 self.engine.push(stream_id, codes)
@@ -395,9 +406,18 @@ class _Handlers:
         except (WebSocketDisconnect, OSError, RuntimeError):
             return CLOSE_GOING_AWAY, "client left"
 
+    async def _send_json(self, websocket: WebSocket, message: dict) -> None:
+        """A message to the client, which must take it in within `stream_idle_seconds`
+        (asyncio.TimeoutError): a client that never reads would otherwise hold its stream,
+        and its place among `max_streams`, for good."""
+        await asyncio.wait_for(websocket.send_json(message), self.settings.stream_idle_seconds)
+
     async def _close(self, websocket: WebSocket, code: int, reason: str, started: float) -> None:
+        # A close frame's reason has at most 123 bytes of UTF-8; the close, a deadline like
+        # any message (past it the handler ends, and the connection goes when the client does).
+        reason = reason.encode()[:123].decode(errors="ignore")
         with contextlib.suppress(Exception):
-            await websocket.close(code, reason[:120])  # a close frame's reason has at most 123 bytes
+            await asyncio.wait_for(websocket.close(code, reason), self.settings.stream_idle_seconds)
         seconds = time.perf_counter() - started
         self.metrics.requests.inc(endpoint="/v1/decode/stream", status=str(code))
         self.metrics.latency.observe(seconds, endpoint="/v1/decode/stream")

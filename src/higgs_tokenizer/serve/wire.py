@@ -87,8 +87,17 @@ def pcm_samples(data: bytes, fmt: str, channels: int) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype).reshape(-1, channels).T.astype(dtype.newbyteorder("="))
 
 
-def codes_from_json(data: bytes, max_frames: int) -> tuple[torch.Tensor, int | None]:
-    """`(codes [n_q, frames] int64, num_samples or None)` from a JSON body."""
+# Bytes a JSON body of codes may take per code: "1023, " is 6; the rest is room for spaces.
+JSON_BYTES_PER_CODE = 16
+
+
+def codes_from_json(data: bytes, max_frames: int, num_quantizers: int = MAX_QUANTIZERS) -> tuple[torch.Tensor, int | None]:
+    """`(codes [n_q, frames] int64, num_samples or None)` from a JSON body, refused (413)
+    before parsing when it is longer than codes of `num_quantizers` x `max_frames` can
+    need: parsing holds the interpreter (a second for 50 MB), which every stream waits for."""
+    limit = JSON_BYTES_PER_CODE * num_quantizers * max_frames + 4096
+    if len(data) > limit:
+        raise BadRequest(f"a JSON body of {len(data)} bytes; codes of at most {max_frames} frames need at most {limit}", 413)
     payload = _json(data, "body")
     if not isinstance(payload, dict) or "codes" not in payload:
         raise BadRequest('JSON body must be an object with "codes": [[...], ...] (quantizer-major)')
