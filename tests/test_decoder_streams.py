@@ -71,9 +71,12 @@ def test_streams_join_and_leave_and_idle_ones_cost_nothing(model, monkeypatch):
             streams.push(c, codes_c)
             streams.end(c)
     # One call per step, of the streams with frames waiting: a always, b every third step
-    # (never while idle), c on the 12 steps after it joined (a frame each, as the others);
-    # then c's end once.
-    expected = [(1 + (f % 3 == 0) + (11 <= f <= 22), False) for f in range(30)]
+    # (never while idle), c on the step after it joined (a frame, as the others), then a
+    # second call in that step in which c alone catches up (its 11 other frames); then
+    # c's end once.
+    expected = []
+    for f in range(30):
+        expected += [(1 + (f % 3 == 0) + (f == 11), False)] + [(1, False)] * (f == 11)
     assert [call for call in calls if not call[1]] == expected and sum(end for _, end in calls) == 1
     streams.end(a)
     streams.end(b)
@@ -89,11 +92,40 @@ def test_streams_join_and_leave_and_idle_ones_cost_nothing(model, monkeypatch):
     streams.push(d, codes_a[:, :2])
     streams.push(e, codes_b[:, :3])
     streams.step()
-    assert calls == [(2, False)]  # both advance by the fewest frames waiting, in one call
+    # Both advance by the fewest frames waiting, in one call; then e alone catches up.
+    assert calls == [(2, False), (1, False)] and streams.frames_waiting(e) == 0
     streams.step()
-    assert calls == [(2, False), (1, False)]  # then e alone catches up
+    assert len(calls) == 2
     with pytest.raises(KeyError, match=f"no stream with id {a}"):
         streams.push(a, codes_a[:, :1])
+
+
+@torch.inference_mode()
+def test_a_stream_that_fell_behind_catches_up(model):
+    """A stream with a backlog, beside streams that get a frame a step, catches up (at most
+    max_frames_per_step more a step) instead of staying behind for good; lookahead audio
+    still comes for it, and every stream's audio is its one-shot decoding."""
+    for lookahead, most in ((None, None), (None, 5), (4, 5)):
+        streams = DecoderStreams(model, lookahead_frames=lookahead, max_frames_per_step=most)
+        a, b = streams.add(), streams.add()
+        codes = torch.stack([random_codes(40, 8, 40), random_codes(41, 8, 40)])
+        out = {a: [], b: []}
+        streams.push(a, codes[0, :, :20])  # a burst: a is 20 frames ahead of what b has
+        for f in range(20):
+            streams.push_batch([a, b], torch.stack([codes[0, :, 20 + f : 21 + f], codes[1, :, f : f + 1]]))
+            for i, piece in streams.step().items():
+                out[i].append(piece)
+            behind = streams.frames_waiting(a)
+            assert behind == (0 if most is None else max(0, 20 - most * (f + 1))), (lookahead, most, f)
+            if lookahead is not None:  # the provisional audio reaches the lookahead every step
+                assert sum(map(len, out[a])) == (streams.frames_decoded(a) - lookahead) * model.config.hop_length
+        for i in (a, b):
+            streams.end(i)
+        for i, piece in streams.step().items():
+            out[i].append(piece)
+        if lookahead is None:
+            assert_audio_close(torch.cat(out[a]), decoded_alone(model, codes[0]), tol=STREAM_TOL)
+            assert_audio_close(torch.cat(out[b]), decoded_alone(model, codes[1, :, :20]), tol=STREAM_TOL)
 
 
 @torch.inference_mode()

@@ -437,7 +437,10 @@ def test_wire_bounds():
     with pytest.raises(BadRequest, match="larger than this server takes"):
         stream_frames(json.dumps({"type": "codes", "frames": [[1] * 8] * 251}), 8, 250)
     with pytest.raises(BadRequest, match="nested too deeply"):
-        codes_from_json(b"[" * 100_000 + b"]" * 100_000, 100)
+        codes_from_json(b"[" * 100_000 + b"]" * 100_000, 10_000)
+    with pytest.raises(BadRequest, match="JSON body of 16897 bytes; codes of at most 100 frames need at most 16896") as refused:
+        codes_from_json(b" " * 16897, 100, num_quantizers=8)  # refused unparsed
+    assert refused.value.status == 413
     with pytest.raises(BadRequest, match="nested too deeply"):
         stream_frames("[" * 100_000 + "]" * 100_000, 8, 250)
 

@@ -10,8 +10,9 @@
 
 This is the API a scheduler (a server) calls. Each `step` advances every stream with
 frames waiting: streams of as many quantizers share one batched call per decoder layer
-and advance by the fewest frames any of them has waiting, a stream with nothing waiting
-costs nothing, and streams join and leave between steps. Each stream's audio equals
+and advance by the fewest frames any of them has waiting (those with more waiting then
+catch up in a second call), a stream with nothing waiting costs nothing, and streams join
+and leave between steps. Each stream's audio equals
 decoding its codes alone in one call.
 
 Latency: a sample is final once `latency_samples` of audio after it have their codes
@@ -221,8 +222,10 @@ class DecoderStreams:
         """Advance every stream that has frames waiting or has ended; each one's new audio
         (1-D, possibly empty). Streams of as many quantizers share one batched call and
         advance by as many frames: the fewest that any of them has waiting (at most
-        `max_frames_per_step`), so a stream that is behind does not split the batch (one
-        call's fixed cost is most of a frame's); it catches up over the next steps. A stream
+        `max_frames_per_step`), so that a stream with more waiting does not split the batch
+        (one call's fixed cost is most of a frame's). Those that still have frames waiting
+        then catch up in a second call of their own, by the fewest of theirs: a stream that
+        fell behind does not stay behind while the others come a frame at a time. A stream
         that has ended gives its last samples once its frames are all decoded."""
         groups: dict[int, list[int]] = {}  # quantizers -> streams with frames waiting
         for stream_id, stream in self._streams.items():
@@ -233,26 +236,38 @@ class DecoderStreams:
             self._detach_left_out(stepping)
         out: dict[int, torch.Tensor] = {}
         for ids in groups.values():
-            streams = [self._streams[i] for i in ids]
-            frames = min(s.frames_waiting for s in streams)
-            if self.max_frames_per_step is not None:
-                frames = min(frames, self.max_frames_per_step)
-            codes = torch.stack([s.take(frames) for s in streams])
-            for stream in streams:
-                stream.state.num_quantizers = codes.shape[1]
-            states = [s.state for s in streams]
-            audio = decode_step(self.model, self.plan, states, codes, programs=self._programs(), to_host=True)
-            for stream_id, stream, exact, ahead in zip(ids, streams, audio, self._provisional(streams)):
-                out[stream_id] = self._emit(stream, exact, ahead)
+            behind = self._advance(ids, out, last=False)
+            if behind:
+                self._advance(behind, out, last=True)
         ending = self._ending()  # and those whose last frames were just decoded
         if ending:
             streams = [self._streams[i] for i in ending]
             audio = decode_step(self.model, self.plan, [s.state for s in streams], None, to_host=True)
             for stream_id, stream, last in zip(ending, streams, audio):
                 stream.state.ended = True
-                audio = self._emit(stream, last, None)
-                out[stream_id] = torch.cat([out[stream_id], audio]) if stream_id in out else audio
+                _append(out, stream_id, self._emit(stream, last, None))
         return out
+
+    def _advance(self, ids: list[int], out: dict[int, torch.Tensor], last: bool) -> list[int]:
+        """One batched call: streams `ids` (of as many quantizers) advance by the fewest
+        frames any of them has waiting; their new audio joins `out`. Returns those that
+        still have frames waiting (`last`: no later call of this step will take them, so
+        they get their provisional audio now too)."""
+        streams = [self._streams[i] for i in ids]
+        frames = min(s.frames_waiting for s in streams)
+        if self.max_frames_per_step is not None:
+            frames = min(frames, self.max_frames_per_step)
+        codes = torch.stack([s.take(frames) for s in streams])
+        for stream in streams:
+            stream.state.num_quantizers = codes.shape[1]
+        states = [s.state for s in streams]
+        audio = decode_step(self.model, self.plan, states, codes, programs=self._programs(), to_host=True)
+        # Provisional audio only where this call is the stream's last of the step.
+        done = [last or not s.frames_waiting for s in streams]
+        ahead = iter(self._provisional([s for s, d in zip(streams, done) if d]))
+        for stream_id, stream, exact, d in zip(ids, streams, audio, done):
+            _append(out, stream_id, self._emit(stream, exact, next(ahead) if d else None))
+        return [i for i, d in zip(ids, done) if not d]
 
     def _ending(self) -> list[int]:
         return [i for i, s in self._streams.items() if s.ending and not s.waiting and not s.state.ended]
@@ -267,7 +282,7 @@ class DecoderStreams:
     def _provisional(self, streams: list[_Stream]) -> list[torch.Tensor | None]:
         """Each stream's audio past its final part, as if it ended now, where the lookahead
         asks for it (computed on copies of the states)."""
-        if self.lookahead_frames == self.exact_lookahead_frames:
+        if self.lookahead_frames == self.exact_lookahead_frames or not streams:
             return [None] * len(streams)
         copies = [s.state.branch() for s in streams]
         # Only the frames of padding that carry the output to the lookahead: fewer for more.
@@ -297,6 +312,10 @@ class DecoderStreams:
             return self._streams[stream_id]
         except KeyError:
             raise KeyError(f"no stream with id {stream_id!r} (open: {sorted(self._streams)})") from None
+
+
+def _append(out: dict[int, torch.Tensor], stream_id: int, audio: torch.Tensor) -> None:
+    out[stream_id] = torch.cat([out[stream_id], audio]) if stream_id in out else audio
 
 
 class StreamingDecoder:
