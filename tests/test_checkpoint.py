@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -286,6 +287,21 @@ def test_missing_unexpected_and_misshapen_keys_are_named(tmp_path):
     assert "1 unexpected keys" in message and "fc.extra" in message
     assert "wrong shapes" in message and "fc2.weight: (2, 2)" in message
     assert "masked_spec_embed" not in message
+
+
+@pytest.mark.parametrize("field, value, what", [("target_bandwidths", [1e9], "4000000000 quantizers"),
+                                                 ("num_hidden_layers", 10**8, "100000000 HuBERT layers")])
+def test_a_config_asking_for_more_parts_than_the_file_holds_is_refused_before_building(tmp_path, field, value, what):
+    """Building a model is linear in its repeated parts: a config's counts are checked against
+    the file's tensors first (this one would take hours and tens of GB to build)."""
+    directory = copy_checkpoint("tiny-24k", tmp_path)
+    config = json.loads((directory / "config.json").read_text())
+    (config if field == "target_bandwidths" else config["semantic_model_config"])[field] = value
+    (directory / "config.json").write_text(json.dumps(config))
+    started = time.monotonic()
+    with pytest.raises(CheckpointError, match=f"asks for {what}; the checkpoint holds 367 tensors"):
+        HiggsAudioV2TokenizerModel.from_pretrained(directory)
+    assert time.monotonic() - started < 30
 
 
 def test_half_a_weight_norm_pair_is_an_error(tmp_path):

@@ -121,13 +121,33 @@ def fold_weight_norms(state: dict[str, torch.Tensor], where: str, dtype: torch.d
     return out
 
 
-def read_state_dict(directory: Path, fmt: str, model, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """The checkpoint's tensors under `model`'s key names, weight norm folded in `dtype` (unvalidated)."""
+def read_state_dict(directory: Path, fmt: str, stored: dict[str, torch.Tensor], model, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors (`stored`, as read from `directory`) under `model`'s key
+    names, weight norm folded in `dtype` (unvalidated)."""
+    state = fold_weight_norms(stored, str(directory), dtype)
     if fmt == "transformers":
-        return fold_weight_norms(read_safetensors(directory), str(directory), dtype)
-    state = fold_weight_norms(read_original(directory), str(directory), dtype)
+        return state
     ours = {original_key(name, model.config): name for name in model.state_dict()}
     return {ours.get(key, key): tensor for key, tensor in state.items()}
+
+
+def check_structure_fits(config: HiggsAudioV2TokenizerConfig, tensors: int, where: str) -> None:
+    """Refuse a config that asks for more repeated parts than the checkpoint holds tensors
+    (each part has at least one), before the model is built: building one is linear in
+    them, and a config's sizes are not trusted (`target_bandwidths` of 1e9 asks for about
+    4e9 quantizers)."""
+    hubert, acoustic = config.semantic_model_config, config.acoustic_model_config
+    parts = {
+        "quantizers": config.num_quantizers,
+        "HuBERT layers": hubert.num_hidden_layers,
+        "HuBERT feature convs": len(hubert.conv_dim),
+        "acoustic encoder blocks": len(acoustic.downsampling_ratios),
+        "acoustic decoder blocks": len(acoustic.upsampling_ratios),
+        "semantic encoder blocks": len(config.channel_ratios),
+    }
+    for name, count in parts.items():
+        if count > tensors:
+            raise CheckpointError(f"{where}: its config asks for {count} {name}; the checkpoint holds {tensors} tensors in all")
 
 
 def validate_state_dict(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], where: str) -> dict:
@@ -173,9 +193,11 @@ def load_pretrained(model_cls, name_or_path, *, device=None, dtype=None, **optio
     if overrides:
         config = dataclasses.replace(config, **overrides)
     dtype = _resolve_dtype(dtype, config)
+    stored = read_safetensors(directory) if fmt == "transformers" else read_original(directory)
+    check_structure_fits(config, len(stored), str(directory))
     with torch.device("meta"):
         model = model_cls(config)
-    state = read_state_dict(directory, fmt, model, dtype)
+    state = read_state_dict(directory, fmt, stored, model, dtype)
     state = validate_state_dict(state, model.state_dict(), str(directory))
     # assign=True adopts the loaded tensors instead of copying them into fresh ones.
     model.load_state_dict(state, strict=True, assign=True)
