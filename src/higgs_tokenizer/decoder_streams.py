@@ -69,11 +69,14 @@ class _Stream:
         return taken[0] if len(taken) == 1 else torch.cat(taken, dim=-1)
 
 
-# Frames a stream must still have waiting after its batch's call to take a second call of
-# the step. A second call costs about a 1-frame step (most of a call is fixed cost), so a
-# frame or two that a stream is ahead by (a client's jitter) waits for a later step: in a
-# server at the 2-core CPU's limit (4 streams and an encoding client), catching up every
-# frame took the mean step from 28 to 34 ms and its p99 added latency from 75 to 120 ms.
+# Frames a stream must still have waiting after its batch's call (and at least as many as
+# that call took) to take a second call of the step. A second call costs about a 1-frame
+# step (most of a call is fixed cost), so a few frames that a stream is ahead by (a
+# client's jitter; streams that all fall behind in a server past its limit) wait for a
+# later step. In a server at the 2-core CPU's limit (4 streams and an encoding client),
+# catching up every frame took the mean step from 28 to 34 ms and its p99 added latency
+# from 75 to 120 ms; past it (6 streams), catching up 3 frames or more took them from 60
+# to 66 ms and from 166 to 212 ms.
 CATCH_UP_FRAMES = 3
 
 
@@ -232,7 +235,8 @@ class DecoderStreams:
         advance by as many frames: the fewest that any of them has waiting (at most
         `max_frames_per_step`), so that a stream with more waiting does not split the batch
         (one call's fixed cost is most of a frame's). Those left with `CATCH_UP_FRAMES` or
-        more then catch up in a second call of their own, by the fewest of theirs: a stream
+        more, and at least as many as that call took, then catch up in a second call of
+        their own, by the fewest of theirs: a stream
         that fell behind does not stay behind while the others come a frame at a time. A
         stream that has ended gives its last samples once its frames are all decoded."""
         groups: dict[int, list[int]] = {}  # quantizers -> streams with frames waiting
@@ -259,8 +263,8 @@ class DecoderStreams:
     def _advance(self, ids: list[int], out: dict[int, torch.Tensor], last: bool) -> list[int]:
         """One batched call: streams `ids` (of as many quantizers) advance by the fewest
         frames any of them has waiting; their new audio joins `out`. Returns those left
-        behind by `CATCH_UP_FRAMES` or more, for a second call (none if `last`); the
-        others get their provisional audio now."""
+        with `CATCH_UP_FRAMES` or more, and with at least as many as this call took, for a
+        second call (none if `last`); the others get their provisional audio now."""
         streams = [self._streams[i] for i in ids]
         frames = min(s.frames_waiting for s in streams)
         if self.max_frames_per_step is not None:
@@ -271,7 +275,7 @@ class DecoderStreams:
         states = [s.state for s in streams]
         audio = decode_step(self.model, self.plan, states, codes, programs=self._programs(), to_host=True)
         # Provisional audio only where this call is the stream's last of the step.
-        done = [last or s.frames_waiting < CATCH_UP_FRAMES for s in streams]
+        done = [last or s.frames_waiting < max(CATCH_UP_FRAMES, frames) for s in streams]
         ahead = iter(self._provisional([s for s, d in zip(streams, done) if d]))
         for stream_id, stream, exact, d in zip(ids, streams, audio, done):
             _append(out, stream_id, self._emit(stream, exact, next(ahead) if d else None))
