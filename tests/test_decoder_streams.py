@@ -113,10 +113,16 @@ def test_a_stream_that_fell_behind_catches_up(model):
         streams.push(a, codes[0, :, :20])  # a burst: a is 20 frames ahead of what b has
         for f in range(20):
             streams.push_batch([a, b], torch.stack([codes[0, :, 20 + f : 21 + f], codes[1, :, f : f + 1]]))
+            decoded = streams.frames_decoded(a)
             for i, piece in streams.step().items():
                 out[i].append(piece)
             behind = streams.frames_waiting(a)
-            assert behind == (0 if most is None else max(0, 20 - most * (f + 1))), (lookahead, most, f)
+            # A catch-up call takes what the step's limit leaves: most - 1 after the shared frame.
+            assert behind == (0 if most is None else max(0, 20 - (most - 1) * (f + 1))), (lookahead, most, f)
+            assert most is None or streams.frames_decoded(a) - decoded <= most
+            if streams.frames_decoded(a) - decoded > 1:  # a caught up, leaving the first call's
+                batch = streams._streams[b].state.batch  # batch: b holds a copy of its own row
+                assert batch.size == 1 and batch is not streams._streams[a].state.batch
             if lookahead is not None:  # the provisional audio reaches the lookahead every step
                 assert sum(map(len, out[a])) == (streams.frames_decoded(a) - lookahead) * model.config.hop_length
         for i in (a, b):

@@ -451,9 +451,11 @@ def test_wire_bounds():
         stream_frames(json.dumps({"type": "codes", "frames": [[1] * 8] * 251}), 8, 250)
     with pytest.raises(BadRequest, match="nested too deeply"):
         codes_from_json(b"[" * 100_000 + b"]" * 100_000, 10_000)
-    with pytest.raises(BadRequest, match="JSON body of 16897 bytes; codes of at most 100 frames need at most 16896") as refused:
-        codes_from_json(b" " * 16897, 100, num_quantizers=8)  # refused unparsed
+    with pytest.raises(BadRequest, match="JSON body of 29697 bytes; codes of at most 100 frames need at most 29696") as refused:
+        codes_from_json(b" " * 29697, 100, num_quantizers=8)  # refused unparsed
     assert refused.value.status == 413
+    indented = json.dumps({"codes": [[1023] * 100] * 8}, indent=8).encode()  # the most there can be, spaced out
+    assert codes_from_json(indented, 100, num_quantizers=8)[0].shape == (8, 100)
     with pytest.raises(BadRequest, match="nested too deeply"):
         stream_frames("[" * 100_000 + "]" * 100_000, 8, 250)
 

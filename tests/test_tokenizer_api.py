@@ -57,6 +57,9 @@ def test_arrays_tensors_and_pairs(tokenizer, short_recordings):
         assert torch.equal(tokenizer.encode(floats.to(dtype), sample_rate=rate), tokenizer.encode(floats.to(dtype).float(), sample_rate=rate))
     with pytest.raises(ValueError, match="no channels"):
         tokenizer.encode(np.zeros((0, 2000), dtype=np.float32), sample_rate=24000)
+    good = tokenizer.load((pcm.T, rate))
+    codes, error = tokenizer.try_encode_clips([good, None])  # one bad item does not sink the rest
+    assert torch.equal(codes, from_path) and isinstance(error, TypeError)
 
 
 def test_a_list_is_a_batch_with_per_item_results(tokenizer, short_recordings):

@@ -236,7 +236,8 @@ class DecoderStreams:
         `max_frames_per_step`), so that a stream with more waiting does not split the batch
         (one call's fixed cost is most of a frame's). Those left with `CATCH_UP_FRAMES` or
         more, and at least as many as that call took, then catch up in a second call of
-        their own, by the fewest of theirs: a stream
+        their own, by the fewest of theirs (no stream takes more than `max_frames_per_step`
+        in a step, the two calls together): a stream
         that fell behind does not stay behind while the others come a frame at a time. A
         stream that has ended gives its last samples once its frames are all decoded."""
         groups: dict[int, list[int]] = {}  # quantizers -> streams with frames waiting
@@ -248,9 +249,12 @@ class DecoderStreams:
             self._detach_left_out(stepping)
         out: dict[int, torch.Tensor] = {}
         for ids in groups.values():
-            behind = self._advance(ids, out, last=False)
+            taken, behind = self._advance(ids, out, self.max_frames_per_step, catch_up=True)
             if behind:
-                self._advance(behind, out, last=True)
+                most = self.max_frames_per_step
+                self._advance(behind, out, None if most is None else most - taken, catch_up=False)
+                # The others keep their rows of the first call's batch, which these left.
+                detach_all([self._streams[i].state for i in ids if i not in set(behind)])
         ending = self._ending()  # and those whose last frames were just decoded
         if ending:
             streams = [self._streams[i] for i in ending]
@@ -260,26 +264,29 @@ class DecoderStreams:
                 _append(out, stream_id, self._emit(stream, last, None))
         return out
 
-    def _advance(self, ids: list[int], out: dict[int, torch.Tensor], last: bool) -> list[int]:
+    def _advance(self, ids: list[int], out: dict[int, torch.Tensor], limit: int | None, catch_up: bool):
         """One batched call: streams `ids` (of as many quantizers) advance by the fewest
-        frames any of them has waiting; their new audio joins `out`. Returns those left
-        with `CATCH_UP_FRAMES` or more, and with at least as many as this call took, for a
-        second call (none if `last`); the others get their provisional audio now."""
+        frames any of them has waiting, at most `limit`; their new audio joins `out`.
+        Returns the frames taken and, with `catch_up`, the streams for a second call: those
+        left with `CATCH_UP_FRAMES` or more and at least as many as this call took, when the
+        limit leaves room for as many. The others get their provisional audio now."""
         streams = [self._streams[i] for i in ids]
         frames = min(s.frames_waiting for s in streams)
-        if self.max_frames_per_step is not None:
-            frames = min(frames, self.max_frames_per_step)
+        if limit is not None:
+            frames = min(frames, limit)
         codes = torch.stack([s.take(frames) for s in streams])
         for stream in streams:
             stream.state.num_quantizers = codes.shape[1]
         states = [s.state for s in streams]
         audio = decode_step(self.model, self.plan, states, codes, programs=self._programs(), to_host=True)
+        need = max(CATCH_UP_FRAMES, frames)
+        catch_up = catch_up and (limit is None or limit - frames >= need)
+        done = [not catch_up or s.frames_waiting < need for s in streams]
         # Provisional audio only where this call is the stream's last of the step.
-        done = [last or s.frames_waiting < max(CATCH_UP_FRAMES, frames) for s in streams]
         ahead = iter(self._provisional([s for s, d in zip(streams, done) if d]))
         for stream_id, stream, exact, d in zip(ids, streams, audio, done):
             _append(out, stream_id, self._emit(stream, exact, next(ahead) if d else None))
-        return [i for i, d in zip(ids, done) if not d]
+        return frames, [i for i, d in zip(ids, done) if not d]
 
     def _ending(self) -> list[int]:
         return [i for i, s in self._streams.items() if s.ending and not s.waiting and not s.state.ended]

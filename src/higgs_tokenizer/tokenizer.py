@@ -269,9 +269,18 @@ class HiggsAudioTokenizer:
         codes or the exception that encoding it raised. Recordings encoded in windows go one
         by one (a streamed one can be read only once, so a retry could not read it again); a
         batch of the others that fails is retried clip by clip."""
-        windowed = {i for i, clip in enumerate(clips) if isinstance(clip, SampleSource) or self._needs_windows(len(clip))}
-        batched = [i for i in range(len(clips)) if i not in windowed]
-        results = {i: self._codes_or_error(clips[i], bandwidth) for i in sorted(windowed)}
+        results: dict[int, torch.Tensor | Exception] = {}
+        batched = []
+        for i, clip in enumerate(clips):
+            try:
+                windowed = isinstance(clip, SampleSource) or self._needs_windows(len(clip))
+            except Exception as err:  # not a clip at all
+                results[i] = err
+                continue
+            if windowed:
+                results[i] = self._codes_or_error(clip, bandwidth)
+            else:
+                batched.append(i)
         try:
             results.update(zip(batched, self.encode_clips([clips[i] for i in batched], bandwidth)))
         except Exception:

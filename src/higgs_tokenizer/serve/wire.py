@@ -87,8 +87,9 @@ def pcm_samples(data: bytes, fmt: str, channels: int) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype).reshape(-1, channels).T.astype(dtype.newbyteorder("="))
 
 
-# Bytes a JSON body of codes may take per code: "1023, " is 6; the rest is room for spaces.
-JSON_BYTES_PER_CODE = 16
+# Bytes a JSON body of codes may take per code: "1023, " is 6; the rest is room for
+# whitespace (indented one code a line, as json.dumps(indent=4) writes them, 18).
+JSON_BYTES_PER_CODE = 32
 
 
 def codes_from_json(data: bytes, max_frames: int, num_quantizers: int = MAX_QUANTIZERS) -> tuple[torch.Tensor, int | None]:
