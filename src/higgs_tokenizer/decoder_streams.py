@@ -11,9 +11,9 @@
 This is the API a scheduler (a server) calls. Each `step` advances every stream with
 frames waiting: streams of as many quantizers share one batched call per decoder layer
 and advance by the fewest frames any of them has waiting (those left with several more
-then catch up in a second call), a stream with nothing waiting costs nothing, and streams join
-and leave between steps. Each stream's audio equals
-decoding its codes alone in one call.
+then catch up in a second call), a stream with nothing waiting costs nothing, and
+streams join and leave between steps. Each stream's audio equals decoding its codes
+alone in one call.
 
 Latency: a sample is final once `latency_samples` of audio after it have their codes
 (the decoder's right context, 394 ms for the 24 kHz model). With `lookahead_frames`
@@ -237,9 +237,9 @@ class DecoderStreams:
         (one call's fixed cost is most of a frame's). Those left with `CATCH_UP_FRAMES` or
         more, and at least as many as that call took, then catch up in a second call of
         their own, by the fewest of theirs (no stream takes more than `max_frames_per_step`
-        in a step, the two calls together): a stream
-        that fell behind does not stay behind while the others come a frame at a time. A
-        stream that has ended gives its last samples once its frames are all decoded."""
+        in a step, the two calls together): a stream that fell behind does not stay behind
+        while the others come a frame at a time. A stream that has ended gives its last
+        samples once its frames are all decoded."""
         groups: dict[int, list[int]] = {}  # quantizers -> streams with frames waiting
         for stream_id, stream in self._streams.items():
             if stream.frames_waiting and not stream.state.ended:
@@ -254,7 +254,8 @@ class DecoderStreams:
                 most = self.max_frames_per_step
                 self._advance(behind, out, None if most is None else most - taken, catch_up=False)
                 # The others keep their rows of the first call's batch, which these left.
-                detach_all([self._streams[i].state for i in ids if i not in set(behind)])
+                left = set(behind)
+                detach_all([self._streams[i].state for i in ids if i not in left])
         ending = self._ending()  # and those whose last frames were just decoded
         if ending:
             streams = [self._streams[i] for i in ending]

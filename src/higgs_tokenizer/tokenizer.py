@@ -229,7 +229,7 @@ class HiggsAudioTokenizer:
                 )
         short = []
         for i, clip in enumerate(clips):
-            if isinstance(clip, SampleSource) or self._needs_windows(len(clip)):
+            if self._in_windows(clip):
                 source = clip if isinstance(clip, SampleSource) else SampleSource.from_array(clip)
                 results[i] = self._encode_long(source, bandwidth)
             else:
@@ -273,7 +273,7 @@ class HiggsAudioTokenizer:
         batched = []
         for i, clip in enumerate(clips):
             try:
-                windowed = isinstance(clip, SampleSource) or self._needs_windows(len(clip))
+                windowed = self._in_windows(clip)
             except Exception as err:  # not a clip at all
                 results[i] = err
                 continue
@@ -298,6 +298,11 @@ class HiggsAudioTokenizer:
             self.model, source, bandwidth=bandwidth,
             window_seconds=self.window_seconds, context_seconds=self.context_seconds,
         )
+
+    def _in_windows(self, clip) -> bool:
+        """Whether `encode_clips` encodes this clip in windows: a streamed recording, or one
+        that one call would not fit the memory budget for."""
+        return isinstance(clip, SampleSource) or self._needs_windows(len(clip))
 
     def _needs_windows(self, samples: int) -> bool:
         """Whether one call on this clip would pass the memory budget."""

@@ -192,14 +192,14 @@ class Engine:
         """The commands in order, except that a run of pushes to different streams is queued
         as one `push_batch` per decoder and shape: one check of the codes for all of them,
         where a push checks its own (hundreds of streams would pay it hundreds of times)."""
-        pushes: dict[int, torch.Tensor] = {}  # stream -> codes, a run of them in order
+        pushes: dict[int, torch.Tensor] = {}  # stream -> codes: the run of pushes so far
         for command in commands:
-            if command[0] == "push" and command[1] not in pushes:
+            if command[0] != "push" or command[1] in pushes:  # the run ends
+                self._push_all(pushes, live, engines)
+                pushes = {}
+            if command[0] == "push":
                 pushes[command[1]] = command[2]
-                continue
-            self._push_all(pushes, live, engines)
-            pushes = {command[1]: command[2]} if command[0] == "push" else {}
-            if command[0] != "push":
+            else:
                 self._apply(command, live, engines)
         self._push_all(pushes, live, engines)
 
