@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from common import prepare_model_and_inputs, recordings
 
-from higgs_tokenizer import HiggsAudioV2TokenizerModel, streaming
+from higgs_tokenizer import HiggsAudioV2TokenizerModel, causal_layers, streaming
 from higgs_tokenizer.decoder_streams import DecoderStreams
 from higgs_tokenizer.streaming import decoder_context
 
@@ -285,17 +285,17 @@ def main():
     ap.add_argument("--precision", default="float32", help="float32 (default), tf32, bfloat16 or float16")
     ap.add_argument("--unfolded-elements", type=int, default=None,
                     help="on a GPU, a step's conv runs as a matrix product while its unfolded input has at most "
-                         f"this many elements (default streaming.GPU_UNFOLDED_ELEMENTS, {streaming.GPU_UNFOLDED_ELEMENTS})")
+                         f"this many elements (default causal_layers.GPU_UNFOLDED_ELEMENTS, {causal_layers.GPU_UNFOLDED_ELEMENTS})")
     args = ap.parse_args()
     if args.unfolded_elements is not None:
-        streaming.GPU_UNFOLDED_ELEMENTS = args.unfolded_elements  # `_as_product` reads it on each call
+        causal_layers.GPU_UNFOLDED_ELEMENTS = args.unfolded_elements  # `_as_product` reads it on each call
     if args.counts is None:
         args.counts = [1, 16, 64, 256, 1024] if args.section == "overhead" else [1, 2, 4, 5, 6, 7, 8, 10]
     if args.push is None:
         args.push = [1, 2, 5, 25] if args.section == "push" else [1, 5]
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{os.cpu_count()} CPUs, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {device}, {args.precision}, model: {args.model or 'full size, random weights'}, "
-          f"GPU products up to {streaming.GPU_UNFOLDED_ELEMENTS} unfolded elements")
+          f"GPU products up to {causal_layers.GPU_UNFOLDED_ELEMENTS} unfolded elements")
     model = HiggsAudioV2TokenizerModel.from_pretrained(args.model or prepare_model_and_inputs()[0], device=args.device,
                                                        precision=args.precision)
     np.random.seed(0)

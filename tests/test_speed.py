@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from helpers import REPO, SHARED, fixture_dir, load_cases, load_model
 
 from higgs_tokenizer import layers
-from higgs_tokenizer.layers import Snake1d, UpsamplingConv1d, linear_weight, onednn_linear, packed_conv1d, snake_inference, snake_reference
+from higgs_tokenizer.causal_layers import _CausalConv
+from higgs_tokenizer.layers import Snake1d, UpsamplingConv1d, snake_inference, snake_reference
 
 
 @pytest.mark.parametrize("shape", [(1, 64, 240_000), (3, 64, 4097), (2, 1024, 7), (1, 1, 5), (2, 5, 300_001)])
@@ -58,32 +59,21 @@ def test_upsampling_conv_equals_transposed_conv(stride):
 
 
 def test_packed_weights_compute_the_plain_products():
-    """The streamed step's convs with weights packed once (in oneDNN's layout on the CPU):
-    the same products as the plain weights for any size, and refreshed when a weight changes."""
+    """A streamed step's convs, run as products (few columns) or convs (many), with weights
+    packed once (in oneDNN's layouts on the CPU): the plain conv for any size and layout."""
     torch.manual_seed(0)
     conv = torch.nn.Conv1d(24, 40, 7, dilation=3)  # made outside inference mode, as models are
+    reach = 3 * 6
     with torch.inference_mode():
-        _check_packed_products(conv)
-
-
-def _check_packed_products(conv):
-    for rows in (1, layers.PACKED_LINEAR_ROWS - 1, layers.PACKED_LINEAR_ROWS, 8, 200):
-        x = torch.randn(rows, 24 * 7)
-        weight = linear_weight(conv, conv.weight, rows)
-        assert weight.is_mkldnn == (rows >= layers.PACKED_LINEAR_ROWS and torch.backends.mkldnn.is_available())
-        expected = F.linear(x.double(), conv.weight.reshape(40, -1).double(), conv.bias.double()).float()
-        torch.testing.assert_close(onednn_linear(x, weight, conv.bias), expected, rtol=0, atol=1e-5)
-    for batch, length in ((1, 19), (3, 19), (2, 1000)):
-        x = torch.randn(batch, 24, length)
-        expected = F.conv1d(x.double(), conv.weight.double(), conv.bias.double(), dilation=3).float()
-        torch.testing.assert_close(packed_conv1d(x, conv, conv.weight, conv.bias, 3), expected, rtol=0, atol=1e-5)
-    conv.weight.mul_(-2)
-    x = torch.randn(5, 24, 30)
-    torch.testing.assert_close(packed_conv1d(x, conv, conv.weight, conv.bias, 3), F.conv1d(x, conv.weight, conv.bias, dilation=3), rtol=0, atol=1e-5)
-    columns = torch.randn(8, 24 * 7)
-    torch.testing.assert_close(
-        onednn_linear(columns, linear_weight(conv, conv.weight, 8), conv.bias), F.linear(columns, conv.weight.reshape(40, -1), conv.bias), rtol=0, atol=1e-5
-    )
+        layer = _CausalConv("conv", conv.weight, conv.bias, 3, keep=reach, eager=True)
+        # 1 and 3 rows (plain weight), 8 and 128 (packed), then convs of 133 and 2 x 982 columns
+        for batch, width in ((1, 1), (3, 1), (1, 8), (1, 128), (1, 133), (2, 982)):
+            for time_major in (False, True):
+                x = torch.randn(batch, width + reach, 24).transpose(1, 2) if time_major else torch.randn(batch, 24, width + reach)
+                expected = F.conv1d(x.double(), conv.weight.double(), conv.bias.double(), dilation=3).float()
+                torch.testing.assert_close(layer.unpadded(x), expected, rtol=0, atol=1e-5)
+    if torch.backends.mkldnn.is_available():
+        assert layer._packed_matrix.is_mkldnn and layer._packed_weight.is_mkldnn
 
 
 def test_packed_linear_op_computes_the_plain_product_and_follows_its_weight():

@@ -202,6 +202,24 @@ def test_a_checkpoint_loaded_in_place_reaches_the_stream(codes):
         assert torch.equal(StreamingDecoder(copied).push(codes[0]), StreamingDecoder(model).push(codes[0]))
 
 
+def test_weights_changed_in_place_or_replaced_reach_the_stream(codes):
+    """A step's layers are made once per state of the decoder's weights; the next step sees a
+    weight changed in place, one that a derived weight is made from, and one replaced."""
+    model = HiggsAudioV2TokenizerModel.from_pretrained(fixture_dir("tiny-24k"))
+    decoder = model.acoustic_decoder
+    with torch.inference_mode():
+        StreamingDecoder(model).push(codes[0, :, :20])  # makes the layers
+    with torch.no_grad():
+        decoder.block[0].conv_t1.weight.mul_(1.05)  # its phase weight is derived
+        decoder.block[-1].res_unit2.snake1.alpha.mul_(1.1)  # and Snake's 1 / alpha
+        decoder.block[0].res_unit1.conv1.weight.mul_(0.95)  # packed for the products
+        decoder.conv2.weight = torch.nn.Parameter(decoder.conv2.weight * 0.9)
+    with torch.inference_mode():
+        stream = StreamingDecoder(model)
+        audio = torch.cat([stream.push(codes[0, :, f : f + 1]) for f in range(codes.shape[-1])] + [stream.flush()])
+        assert_audio_close(audio, model.decode(codes[:1]).audio_values[0, 0], tol=STREAM_TOL)
+
+
 @torch.inference_mode()
 def test_full_size_stream_is_within_the_float32_floor(full_size_decoder_model):
     """At full size a stream pushed frame by frame, or in random sizes, stays within 4e-4 of

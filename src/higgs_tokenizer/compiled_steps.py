@@ -36,7 +36,8 @@ import weakref
 
 import torch
 
-from .streaming import DecoderPlan, _time_major, decode_step, new_state, steady, steady_layers
+from .causal_layers import DecoderLayers, steady_layers
+from .streaming import DecoderPlan, _time_major, decode_step, new_state, steady
 from .weights_key import DecoderWeights
 
 
@@ -93,7 +94,7 @@ class CompiledSteps:
             def step(buffers: dict[str, torch.Tensor], latents: torch.Tensor):
                 # The decoder from the closure, not an argument: so its weights are the
                 # program's parameters, which freezing folds (packs) once.
-                return steady_layers(decoder, buffers, latents, time_major)
+                return steady_layers(DecoderLayers(decoder, eager=False), buffers, latents, time_major)
 
             # Globals of its own too: dynamo stores its compiled functions there.
             function = types.FunctionType(step.__code__.replace(), dict(step.__globals__), "step", None, step.__closure__)

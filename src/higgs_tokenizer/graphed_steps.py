@@ -30,8 +30,9 @@ import warnings
 
 import torch
 
+from .causal_layers import eager_layers, steady_layers
 from .runtime import float32_math
-from .streaming import _time_major, new_state, steady_layers
+from .streaming import _time_major, new_state
 from .weights_key import DecoderWeights
 
 
@@ -118,12 +119,13 @@ class _Graph:
         self.inputs = self.layout.views(self._flat_inputs)
         self.latents = torch.zeros(batch, decoder.conv1.in_channels, frames, dtype=dtype, device=self.device)
         self._last: dict[str, torch.Tensor] | None = None  # the histories this graph gave out last
+        self.layers = eager_layers(decoder)  # held: a graph reads its tensors where they were at capture
 
         def step() -> torch.Tensor:
             # The new histories go back into the inputs, so that a steady stream of steps needs
             # no copy in; the states get a copy of them (`run`).
             with torch.inference_mode(), float32_math(self.device, dtype, tf32=model.allow_tf32):
-                audio, buffers = steady_layers(decoder, self.inputs, self.latents, time_major)
+                audio, buffers = steady_layers(self.layers, self.inputs, self.latents, time_major)
                 for name, view in self.inputs.items():
                     view.copy_(buffers[name])
             return audio

@@ -59,7 +59,7 @@ class Snake1d(nn.Module):
             return self.kernel(x, self.alpha)
         if torch.compiler.is_compiling() or (torch.is_grad_enabled() and (x.requires_grad or self.alpha.requires_grad)):
             return snake_reference(x, self.alpha)  # one fused kernel when compiled
-        inverse = derived_tensor(self, "inverse_alpha", [self.alpha], lambda: _inverse_alpha(self.alpha))
+        inverse = derived_tensor(self, "inverse_alpha", [self.alpha], lambda: inverse_alpha(self.alpha))
         return snake_inference(x, self.alpha, inverse)
 
 
@@ -68,7 +68,7 @@ def snake_reference(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     return x + (alpha + 1e-9).reciprocal() * torch.sin(alpha * x).pow(2)
 
 
-def _inverse_alpha(alpha: torch.Tensor) -> torch.Tensor:
+def inverse_alpha(alpha: torch.Tensor) -> torch.Tensor:
     return (alpha + 1e-9).reciprocal()  # the 1e-9 keeps α = 0 finite, as in the reference
 
 
@@ -82,7 +82,7 @@ def snake_inference(x: torch.Tensor, alpha: torch.Tensor, inverse: torch.Tensor 
     the same bits (products and sums commute exactly).
     """
     if inverse is None:
-        inverse = _inverse_alpha(alpha)
+        inverse = inverse_alpha(alpha)
     out = torch.empty_like(x)
     width = x.shape[-1]
     step = width if x.device.type != "cpu" else max(1, SNAKE_SLICE_ELEMENTS * width // max(1, x.numel()))
@@ -104,7 +104,7 @@ def onednn_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     The decoder runs every conv here, so that its output does not depend on how much is
     decoded at once: a stream decoded frame by frame gets the bits of one-shot decoding.
     """
-    if _runs_on_onednn(x):
+    if runs_on_onednn(x):
         return torch.ops.aten.mkldnn_convolution(x, weight, bias, [padding], [1], [dilation], 1)
     return F.conv1d(x, weight, bias, padding=padding, dilation=dilation)
 
@@ -147,7 +147,7 @@ class FrameRateConv1d(nn.Conv1d):
         return out.view(x.shape[0], width, self.out_channels).transpose(1, 2)
 
 
-def _runs_on_onednn(x: torch.Tensor) -> bool:
+def runs_on_onednn(x: torch.Tensor) -> bool:
     return _HAS_ONEDNN and x.dtype == torch.float32 and x.device.type == "cpu"
 
 
@@ -160,25 +160,16 @@ _HAS_ONEDNN = torch.backends.mkldnn.is_available()  # how PyTorch was built: fix
 PACKED_LINEAR_ROWS = 4
 
 
-def linear_weight(owner: nn.Module, weight: torch.Tensor, rows: int) -> torch.Tensor:
-    """`weight` (`[out, ...]`, `owner.weight` or a tensor derived from it) as the `[out, in]`
-    matrix that `onednn_linear` takes for a product with `rows` rows.
-
-    On the CPU in float32, from `PACKED_LINEAR_ROWS` rows on, the matrix is packed once into
-    oneDNN's own layout and cached for `owner` (an extra copy of the weight): oneDNN otherwise
-    repacks it on every call, a second pass over memory when a few rows meet a large weight
-    (a streamed step's conv). Measured on the 2-core CPU with the weight out of cache: 8 rows
-    against a 512 x 3584 weight, 0.53 ms packed against 0.68 ms.
-    """
-    matrix = weight.reshape(weight.shape[0], -1)
-    # Compiled, `onednn_linear` packs it (`packed_linear`); asked first, as dynamo cannot trace
-    # `_runs_on_onednn`.
-    if torch.compiler.is_compiling() or rows < PACKED_LINEAR_ROWS or not _runs_on_onednn(matrix):
-        return matrix
-    return derived_tensor(owner, "linear_weight", [owner.weight], lambda: _packed_matrix(matrix))
+def packs_linear_weight(x: torch.Tensor) -> bool:
+    """Whether a product of `x` `[rows, in]` by a weight reads it faster packed (`packed_matrix`):
+    on the CPU in float32, from `PACKED_LINEAR_ROWS` rows on. oneDNN otherwise repacks it on
+    every call, a second pass over memory when a few rows meet a large weight (a streamed
+    step's conv). Measured on the 2-core CPU with the weight out of cache: 8 rows against a
+    512 x 3584 weight, 0.53 ms packed against 0.68 ms."""
+    return x.shape[0] >= PACKED_LINEAR_ROWS and runs_on_onednn(x)
 
 
-def _packed_matrix(matrix: torch.Tensor) -> torch.Tensor:
+def packed_matrix(matrix: torch.Tensor) -> torch.Tensor:
     """`matrix` `[out, in]` in oneDNN's layout for `onednn_linear` (told to expect twice the
     fewest rows it is packed for: a hint for the layout)."""
     return torch.ops.mkldnn._reorder_linear_weight(matrix, 2 * PACKED_LINEAR_ROWS)
@@ -187,7 +178,7 @@ def _packed_matrix(matrix: torch.Tensor) -> torch.Tensor:
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """`F.linear`, on the CPU in float32 by oneDNN's matmul: for a few rows against a large
     weight (a streamed step's conv) it reads the weight up to twice as fast as MKL's GEMM.
-    `weight` may be packed by `linear_weight`. In a compiled program, `packed_linear`: inductor
+    `weight` may be packed by `packed_matrix`. In a compiled program, `packed_linear`: inductor
     would otherwise hand the product to MKL."""
     if torch.compiler.is_compiling():
         return packed_linear(x, weight, bias)
@@ -195,7 +186,7 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    if _runs_on_onednn(x):
+    if runs_on_onednn(x):
         return _LINEAR_POINTWISE(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
 
@@ -209,7 +200,7 @@ def _packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     MKL's, slower for the few rows of a streamed step (a 4-stream 1-frame step: 17.6 against
     22 ms, 2-core CPU)."""
     # `_linear`, not `onednn_linear`: a compile in another thread makes `is_compiling` true here too.
-    if x.shape[0] < PACKED_LINEAR_ROWS or not _runs_on_onednn(x):
+    if x.shape[0] < PACKED_LINEAR_ROWS or not runs_on_onednn(x):
         return _linear(x, weight, bias)
     key = (weight.data_ptr(), None if weight.is_inference() else weight._version)
     cached = _PACKED_WEIGHTS.get(id(weight))
@@ -217,7 +208,7 @@ def _packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         if cached is None:
             weakref.finalize(weight, _PACKED_WEIGHTS.pop, id(weight), None)
         with torch.inference_mode(False), torch.no_grad():
-            cached = _PACKED_WEIGHTS[id(weight)] = (key, _packed_matrix(weight))
+            cached = _PACKED_WEIGHTS[id(weight)] = (key, packed_matrix(weight))
     return _LINEAR_POINTWISE(x, cached[1], bias, "none", [], "")
 
 
@@ -255,26 +246,23 @@ if not hasattr(torch.ops.higgs_tokenizer, "packed_linear"):
 packed_linear = torch.ops.higgs_tokenizer.packed_linear.default
 
 
-def packed_conv1d(x: torch.Tensor, owner: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int):
-    """An unpadded stride-1 conv of `x` `[B, C, L]` by `weight` (`owner.weight` or a tensor
-    derived from it).
-
-    On the CPU in float32, by oneDNN's 2-D conv with the weight packed once into oneDNN's
-    layout and cached for `owner`: the 1-D conv (`onednn_conv1d`) reorders its weight on every
-    call, which costs more than the conv itself for the few columns of a streamed step.
-    A 1-frame streamed step is 5 % faster (2-core CPU).
-    """
-    if torch.compiler.is_compiling():
-        # A plain 2-D conv, which inductor hands to oneDNN with the weight packed once (freezing).
-        return F.conv2d(x[:, :, None], weight[:, :, None], bias, dilation=(1, dilation))[:, :, 0]
-    if not _runs_on_onednn(x):
-        return F.conv1d(x, weight, bias, dilation=dilation)
-    mkldnn, size = torch.ops.mkldnn, [x.shape[0], x.shape[1], 1, x.shape[2]]  # the size is a hint for the layout
-    packed = derived_tensor(
-        owner, "conv_weight", [owner.weight],
-        lambda: mkldnn._reorder_convolution_weight(weight[:, :, None], [0, 0], [1, 1], [1, dilation], 1, size),
+def packed_conv_weight(weight: torch.Tensor, dilation: int, input_size: tuple[int, int, int]) -> torch.Tensor:
+    """`weight` `[out, in, K]` in oneDNN's layout for `packed_conv1d` (CPU, float32), for
+    inputs like `input_size` `[B, C, L]` (a hint for the layout; any size works)."""
+    batch, channels, length = input_size
+    return torch.ops.mkldnn._reorder_convolution_weight(
+        weight[:, :, None], [0, 0], [1, 1], [1, dilation], 1, [batch, channels, 1, length]
     )
-    return mkldnn._convolution_pointwise(x[:, :, None], packed, bias, [0, 0], [1, 1], [1, dilation], 1, "none", [], "")[:, :, 0]
+
+
+def packed_conv1d(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, dilation: int) -> torch.Tensor:
+    """An unpadded stride-1 conv of `x` `[B, C, L]` by a weight packed by `packed_conv_weight`:
+    oneDNN's 2-D conv, where its 1-D conv (`onednn_conv1d`) reorders the weight on every call,
+    which costs more than the conv itself for the few columns of a streamed step (a 1-frame
+    step is 5 % faster, 2-core CPU)."""
+    return torch.ops.mkldnn._convolution_pointwise(
+        x[:, :, None], packed, bias, [0, 0], [1, 1], [1, dilation], 1, "none", [], ""
+    )[:, :, 0]
 
 
 class DecoderConv1d(nn.Conv1d):

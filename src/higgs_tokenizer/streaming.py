@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .layers import linear_weight, onednn_linear, packed_conv1d, unfolded_columns
+from .causal_layers import Histories, decoder_layers, eager_layers
 from .runtime import float32_math
 
 
@@ -66,20 +66,20 @@ class DecoderPlan:
     """The timing of every stateful place of a model's decoder, derived from its layers."""
 
     def __init__(self, model):
-        decoder = model.acoustic_decoder
+        layers = eager_layers(model.acoustic_decoder)
         self.timing: dict[str, LayerTiming] = {}
-        lead = _symmetric_padding(decoder.conv1)
-        self.timing["conv1"] = LayerTiming(lead, 1)
+        lead = layers.conv1.delay
+        self.timing[layers.conv1.name] = LayerTiming(lead, 1)
         rate = 1
-        for i, block in enumerate(decoder.block):
-            stride = block.conv_t1.stride[0]
-            lead, rate = lead * stride + block.conv_t1.padding[0], rate * stride
-            self.timing[f"block.{i}.conv_t1"] = LayerTiming(lead, rate)
-            for j, unit in enumerate(_units(block)):
-                lead += _symmetric_padding(unit.conv1)
-                self.timing[f"block.{i}.res_unit{j + 1}"] = LayerTiming(lead, rate)
-        lead += _symmetric_padding(decoder.conv2)
-        self.timing["conv2"] = LayerTiming(lead, rate)
+        for block in layers.blocks:
+            upsample = block.upsample
+            lead, rate = lead * upsample.stride + upsample.padding, rate * upsample.stride
+            self.timing[upsample.name] = LayerTiming(lead, rate)
+            for unit in block.units:
+                lead += unit.delay
+                self.timing[unit.name] = LayerTiming(lead, rate)
+        lead += layers.conv2.delay
+        self.timing[layers.conv2.name] = LayerTiming(lead, rate)
         if rate != model.config.hop_length:
             raise ValueError(f"the decoder upsamples by {rate}, not by the hop length {model.config.hop_length}")
         self.hop = rate
@@ -98,17 +98,6 @@ class DecoderPlan:
     def end_frames(self) -> int:
         """Frames of zero latents that carry every layer's last values out at a stream's end."""
         return -(-self.latency_samples // self.hop)
-
-
-def _symmetric_padding(conv: nn.Conv1d) -> int:
-    k, d, p = conv.kernel_size[0], conv.dilation[0], conv.padding[0]
-    if conv.stride[0] != 1 or 2 * p != d * (k - 1):
-        raise ValueError(f"streaming needs stride-1 convs with symmetric 'same' padding, got {conv}")
-    return p
-
-
-def _units(block) -> tuple:
-    return (block.res_unit1, block.res_unit2, block.res_unit3)
 
 
 class _StackedHistories:
@@ -203,50 +192,18 @@ def detach_all(states: list[DecoderState]) -> None:
 
 def new_state(model) -> DecoderState:
     """A stream's state before its first frame: every history is the zero padding."""
-    decoder, dtype, device = model.acoustic_decoder, model.dtype, model.device
-    buffers = {}
+    dtype, device = model.dtype, model.device
 
     def zeros(channels: int, length: int) -> torch.Tensor:
         if _time_major(device):  # laid out as a step leaves its buffers
             return torch.zeros(1, length, channels, dtype=dtype, device=device).transpose(1, 2)
         return torch.zeros(1, channels, length, dtype=dtype, device=device)
 
-    buffers["conv1"] = zeros(decoder.conv1.in_channels, 2 * _symmetric_padding(decoder.conv1))
-    for i, block in enumerate(decoder.block):
-        buffers[f"block.{i}.conv_t1"] = zeros(block.conv_t1.in_channels, 1)
-        for j, unit in enumerate(_units(block)):
-            p = _symmetric_padding(unit.conv1)
-            buffers[f"block.{i}.res_unit{j + 1}.conv1"] = zeros(unit.conv1.in_channels, 2 * p)
-            buffers[f"block.{i}.res_unit{j + 1}.skip"] = zeros(unit.conv1.in_channels, p)
-    buffers["conv2"] = zeros(decoder.conv2.in_channels, 2 * _symmetric_padding(decoder.conv2))
-    return DecoderState(buffers=buffers)
+    histories = eager_layers(model.acoustic_decoder).histories()
+    return DecoderState(buffers={name: zeros(channels, length) for name, channels, length in histories})
 
 
-class _Histories:
-    """The inputs each stateful layer keeps from earlier steps, for a batch of streams.
-
-    By itself it runs a steady step: one where every value of every layer stands inside
-    its stream's signal, so nothing needs zeroing (`settle`)."""
-
-    def __init__(self, buffers: dict[str, torch.Tensor], time_major: bool):
-        self.buffers, self.time_major = buffers, time_major
-
-    def history(self, name: str, x: torch.Tensor, keep: int) -> torch.Tensor:
-        """`x` after the inputs kept from earlier steps; keeps the last `keep` for the next."""
-        if not self.time_major:
-            full = torch.cat([self.buffers[name], x], dim=-1)
-            # A copy: a view would keep the whole of `full` alive with each stream's state.
-            self.buffers[name] = full[..., full.shape[-1] - keep :].clone()
-            return full
-        full = torch.cat([self.buffers[name].transpose(1, 2), x.transpose(1, 2)], dim=1)  # [B, T, C]
-        self.buffers[name] = full[:, full.shape[1] - keep :].clone(memory_format=torch.contiguous_format).transpose(1, 2)
-        return full.transpose(1, 2)
-
-    def settle(self, name: str, y: torch.Tensor) -> torch.Tensor:
-        return y
-
-
-class _Step(_Histories):
+class _Step(Histories):
     """One batched step: the states' histories as one batch, and each layer's validity masks."""
 
     def __init__(self, model, plan: DecoderPlan, states: list[DecoderState], end: bool):
@@ -379,7 +336,7 @@ def decode_step(
     decoder = model.acoustic_decoder
     end = codes is None
     step = _Step(model, plan, states, end)
-    with float32_math(model.device, model.dtype, tf32=model.allow_tf32):
+    with torch.no_grad(), float32_math(model.device, model.dtype, tf32=model.allow_tf32):
         if end:
             channels = decoder.conv1.in_channels
             frames = plan.end_frames if end_frames is None else end_frames
@@ -395,7 +352,7 @@ def decode_step(
         if result is not None:
             audio, step.buffers = result
         else:
-            audio = decoder_layers(decoder, step, x)
+            audio = decoder_layers(eager_layers(decoder), step, x)
     if to_host:
         audio = audio.to(device="cpu", dtype=torch.float32)
     step.finish(x.shape[-1])
@@ -407,92 +364,3 @@ def decode_step(
         if not end:
             state.frames += codes.shape[-1]
     return out
-
-
-def decoder_layers(decoder, step: _Histories, x: torch.Tensor) -> torch.Tensor:
-    """The decoder's layers run causally over latents `x` `[B, C, k]` past `step`'s histories:
-    audio `[B, k * hop]`, lagging the latents by the decoder's latency."""
-    x = step.settle("conv1", _conv(step, "conv1", decoder.conv1, x))
-    for i, block in enumerate(decoder.block):
-        name = f"block.{i}.conv_t1"
-        x = step.settle(name, _upsample(step, name, block.conv_t1, block.snake1(x)))
-        for j, unit in enumerate(_units(block)):
-            name = f"block.{i}.res_unit{j + 1}"
-            x = step.settle(name, _residual(step, name, unit, x))
-    return _conv(step, "conv2", decoder.conv2, decoder.snake1(x))[:, 0]
-
-
-def steady_layers(decoder, buffers: dict[str, torch.Tensor], x: torch.Tensor, time_major: bool):
-    """A steady step as a function of tensors (what `CompiledSteps` compiles): the audio, and
-    the buffers after it."""
-    step = _Histories(dict(buffers), time_major)
-    return decoder_layers(decoder, step, x), step.buffers
-
-
-def _conv(step: _Histories, name: str, conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
-    """A 'same'-padded conv run causally: its output lags its input by its padding."""
-    full = step.history(name, x, keep=2 * conv.padding[0])
-    return _causal_conv(full, conv, conv.weight, conv.bias, conv.dilation[0])
-
-
-def _upsample(step: _Histories, name: str, conv, x: torch.Tensor) -> torch.Tensor:
-    """The transposed conv as two-tap phase convs over [previous frame, new frames]."""
-    full = step.history(name, x, keep=1)
-    stride, batch, frames = conv.stride[0], x.shape[0], x.shape[-1]
-    phases = _causal_conv(full, conv, conv.phase_weight(), conv.phase_bias(), 1)  # [B, (phase, out), frames]
-    # Frame q's phase r is sample q * stride + r: in time-major memory, already in place.
-    return phases.transpose(1, 2).reshape(batch, frames * stride, conv.out_channels).transpose(1, 2)
-
-
-def _residual(step: _Histories, name: str, unit, x: torch.Tensor) -> torch.Tensor:
-    """x + branch(x), the skip delayed as much as the branch's conv delays it.
-
-    The skip keeps a FIFO of its own rather than reading x from the conv's history: that
-    history is of Snake(x), and recomputing Snake over it costs more than the FIFO.
-    """
-    p = unit.conv1.padding[0]
-    skip = step.history(f"{name}.skip", x, keep=p)[..., : x.shape[-1]]
-    branch = unit.snake2(_conv(step, f"{name}.conv1", unit.conv1, unit.snake1(x)))
-    if branch.shape[0] * branch.shape[-1] <= MATMUL_COLUMNS or torch.compiler.is_compiling():
-        return skip + _causal_conv(branch, unit.conv2, unit.conv2.weight, unit.conv2.bias, 1)
-    # MKL's batched product costs the least at these sizes, and takes the skip as its addend
-    # (time-major: [B, samples, channels]).
-    weight = unit.conv2.weight[..., 0].t().expand(branch.shape[0], -1, -1)
-    out = torch.baddbmm(skip.transpose(1, 2), branch.transpose(1, 2), weight)
-    return (out.add_(unit.conv2.bias) if unit.conv2.bias is not None else out).transpose(1, 2)
-
-
-# Output columns (batch x samples) up to which a conv runs as one matrix product (oneDNN's,
-# with a packed weight): a step gives the frame-rate layers few columns, where a conv is
-# slower; past that, the product's input copy (K times the conv's) costs more than it saves.
-# 64 to 512 were within 3 % of each other on the 2-core CPU; 128 was the fastest for 1- and
-# 5-frame pushes and 4 streams.
-MATMUL_COLUMNS = 128
-
-
-# On a GPU, a conv runs as one matrix product while its unfolded columns take at most this
-# many elements (128 MiB in float32). cuDNN's float32 convs over the short inputs of a
-# step were slow on an H200: a 1-frame step of 256 streams took 71.4 ms with every conv
-# past 128 columns run by cuDNN, 23.9 ms with them run as products (5-frame steps of 64
-# streams: 108.7 against 15.0 ms).
-GPU_UNFOLDED_ELEMENTS = 2**25
-
-
-def _as_product(x: torch.Tensor, width: int, row: int) -> bool:
-    """Whether a conv giving `width` outputs per batch row, each from `row` inputs, runs as
-    a matrix product over unfolded columns rather than as a conv."""
-    if x.device.type == "cpu":
-        return x.shape[0] * width <= MATMUL_COLUMNS
-    return x.shape[0] * width * row <= GPU_UNFOLDED_ELEMENTS
-
-
-def _causal_conv(x: torch.Tensor, conv: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int) -> torch.Tensor:
-    """An unpadded stride-1 conv: `x` `[B, C, L]` → `[B, out, L - dilation * (K - 1)]`.
-    `weight` is `conv.weight` or derived from it."""
-    out_channels, channels, taps = weight.shape
-    width = x.shape[-1] - dilation * (taps - 1)
-    if taps > 1 and not _as_product(x, width, channels * taps):
-        return packed_conv1d(x, conv, weight, bias, dilation)
-    columns = unfolded_columns(x, taps, dilation)
-    out = onednn_linear(columns, linear_weight(conv, weight, columns.shape[0]), bias)
-    return out.view(x.shape[0], width, out_channels).transpose(1, 2)

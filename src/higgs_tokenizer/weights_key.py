@@ -22,19 +22,22 @@ class DecoderWeights:
         # Where each weight is, found once: walking the modules on every step would cost more
         # than the step's other checks together. A bias of None counts too.
         self._places = [(m, name) for m in module.modules() for name in m._parameters]
-        self._loads = 0
-        reference = weakref.ref(self)  # the module must not keep this alive
-        module.register_load_state_dict_pre_hook(lambda *args: _count_load(reference))
+        self._module = weakref.ref(module)
+        if module not in _LOADS:
+            _LOADS[module] = 0
+            module.register_load_state_dict_pre_hook(_count_load)  # a function of the module: picklable
 
     def key(self) -> tuple:
         weights = (module._parameters.get(name) for module, name in self._places)
-        return self._loads, tuple(
+        return _LOADS.get(self._module()), tuple(
             None if t is None else (t.data_ptr(), None if t.is_inference() else t._version, t.dtype, t.device)
             for t in weights
         )
 
 
-def _count_load(reference: "weakref.ref[DecoderWeights]") -> None:
-    watcher = reference()
-    if watcher is not None:
-        watcher._loads += 1
+# Checkpoints loaded into each watched module.
+_LOADS: "weakref.WeakKeyDictionary[nn.Module, int]" = weakref.WeakKeyDictionary()
+
+
+def _count_load(module: nn.Module, *load_state_dict_args) -> None:
+    _LOADS[module] = _LOADS.get(module, 0) + 1
