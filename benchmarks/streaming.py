@@ -207,7 +207,7 @@ def bench_overhead(args, model):
     probability P (as streams of a server do): the steps then gather and copy the states of
     streams that join and leave."""
 
-    def no_layers(decoder, step, x):
+    def no_layers(layers, step, x):
         for name, history in step.buffers.items():
             step.buffers[name] = history.clone()
         return torch.zeros(x.shape[0], x.shape[-1] * model.config.hop_length, dtype=x.dtype, device=x.device)

@@ -93,8 +93,7 @@ class DecoderLayers:
         for block in self.blocks:
             yield block.upsample.phases.history
             for unit in block.units:
-                yield unit.conv1.history
-                yield unit.skip_name, unit.conv1.weight.shape[1], unit.delay
+                yield from unit.histories()
         yield self.conv2.history
 
 
@@ -124,7 +123,7 @@ class _Block:
     def __init__(self, name: str, block: nn.Module, eager: bool):
         self.snake = _Snake(block.snake1, eager)
         self.upsample = _Upsampling(f"{name}.conv_t1", block.conv_t1, eager)
-        units = _residual_units(block)
+        units = (block.res_unit1, block.res_unit2, block.res_unit3)
         self.units = [_ResidualUnit(f"{name}.res_unit{j + 1}", unit, eager) for j, unit in enumerate(units)]
 
 
@@ -218,11 +217,15 @@ class _ResidualUnit:
 
     def __init__(self, name: str, unit: nn.Module, eager: bool):
         self.name, self.eager = name, eager
-        self.skip_name, self.delay = f"{name}.skip", _symmetric_padding(unit.conv1)
         self.snake1, self.snake2 = _Snake(unit.snake1, eager), _Snake(unit.snake2, eager)
         self.conv1 = _CausalConv.same_padded(f"{name}.conv1", unit.conv1, eager)
+        self.skip_name, self.delay = f"{name}.skip", self.conv1.delay  # the unit's output lags by its conv's delay
         self.conv2 = _CausalConv(f"{name}.conv2", unit.conv2.weight, unit.conv2.bias, 1, keep=0, eager=eager)
         self.conv2_transposed = unit.conv2.weight[..., 0].t()  # [in, out], for `baddbmm`
+
+    def histories(self):
+        yield self.conv1.history
+        yield self.skip_name, self.conv1.weight.shape[1], self.delay
 
     def __call__(self, step: Histories, x: torch.Tensor) -> torch.Tensor:
         skip = step.history(self.skip_name, x, keep=self.delay)[..., : x.shape[-1]]
@@ -234,10 +237,6 @@ class _ResidualUnit:
         weight = self.conv2_transposed.expand(branch.shape[0], -1, -1)
         out = torch.baddbmm(skip.transpose(1, 2), branch.transpose(1, 2), weight)
         return (out.add_(self.conv2.bias) if self.conv2.bias is not None else out).transpose(1, 2)
-
-
-def _residual_units(block: nn.Module) -> tuple:
-    return (block.res_unit1, block.res_unit2, block.res_unit3)
 
 
 def _symmetric_padding(conv: nn.Conv1d) -> int:
