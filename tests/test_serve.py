@@ -556,3 +556,55 @@ def test_sigterm_with_a_stream_open_closes_it_and_exits():
     code = asyncio.run(scenario())
     assert code in (1001, 1012), code  # going away, or service restart (uvicorn's)
     assert process.stop(timeout=60) in STOPPED, process.log()
+
+
+def test_a_connection_that_holds_no_request_is_closed(server, speech):
+    """uvicorn keeps a connection open until its first request's head has come in; the
+    server closes one that holds no request for --stream-idle-seconds (2 here), whether it
+    sends nothing or trickles a request's head a byte at a time. A request in progress (a
+    body that keeps coming, slowly) and a WebSocket stream are not cut at the deadline."""
+    import select
+    import socket
+
+    def closed_after(connection: socket.socket, trickle: bytes = b"") -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < 20:
+            if select.select([connection], [], [], 0.3)[0]:
+                try:
+                    if connection.recv(4096) == b"":
+                        return time.monotonic() - started
+                except ConnectionResetError:
+                    return time.monotonic() - started
+            elif trickle:
+                connection.sendall(trickle[:1])
+                trickle = trickle[1:]
+        raise AssertionError("the connection stayed open")
+
+    with socket.create_connection(("127.0.0.1", server.port)) as idle:
+        assert 1.5 < closed_after(idle) < 10
+    with socket.create_connection(("127.0.0.1", server.port)) as slow_head:
+        assert 1.5 < closed_after(slow_head, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"x" * 100) < 10
+
+    samples, rate = speech
+    body = wav_bytes(samples[:rate], rate)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as slow_body:
+        slow_body.sendall(b"POST /v1/encode HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body))
+        for part in range(4):  # 3 s in all, a part a second
+            time.sleep(1)
+            slow_body.sendall(body[part * len(body) // 4 : (part + 1) * len(body) // 4])
+        assert slow_body.recv(4096).startswith(b"HTTP/1.1 200")
+
+    async def stream() -> dict:
+        async with websockets.connect(f"{server.ws_url}/v1/decode/stream") as ws:
+            await ws.recv()  # ready
+            for _ in range(12):  # 3 s in all
+                await ws.send(np.zeros((1, 8), "<i2").tobytes())
+                await asyncio.sleep(0.25)
+            await ws.send(json.dumps({"type": "end"}))
+            while True:
+                message = await asyncio.wait_for(ws.recv(), 30)
+                if isinstance(message, str):
+                    return json.loads(message)
+
+    assert asyncio.run(stream())["type"] == "end"
+    assert healthy(server)

@@ -502,6 +502,8 @@ def run(tokenizer, settings: ServeSettings) -> int:
 
     import uvicorn
 
+    from .connections import protocol_with_request_deadline
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     app = create_app(tokenizer, settings)
     if settings.compiled_step_streams:
@@ -524,6 +526,7 @@ def run(tokenizer, settings: ServeSettings) -> int:
     server = uvicorn.Server(uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
         timeout_graceful_shutdown=60, ws_max_size=WS_MAX_MESSAGE_BYTES, ws_per_message_deflate=False,
+        http=protocol_with_request_deadline(settings.stream_idle_seconds),
     ))
 
     def shut_down(signum, frame):
