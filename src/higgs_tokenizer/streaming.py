@@ -20,8 +20,8 @@ last layer's lead is the decoder's latency in samples, derived from the layers
 (`DecoderPlan.latency_samples`); `decoder_context` gives the same from the receptive
 field, in frames.
 
-`DecoderState` is one stream's whole state, apart from the model, which stays
-stateless and shared. `decode_step` advances a batch of states by the same number of
+The layers as a step runs them are `causal_layers`'s. `DecoderState` is one stream's
+whole state, apart from the model, which stays stateless and shared. `decode_step` advances a batch of states by the same number of
 frames in one call per layer.
 """
 
