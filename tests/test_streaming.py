@@ -204,20 +204,47 @@ def test_a_checkpoint_loaded_in_place_reaches_the_stream(codes):
 
 def test_weights_changed_in_place_or_replaced_reach_the_stream(codes):
     """A step's layers are made once per state of the decoder's weights; the next step sees a
-    weight changed in place, one that a derived weight is made from, and one replaced."""
+    weight changed in place, one that a derived weight is made from, one replaced, a
+    submodule replaced, and then a change inside the new submodule."""
     model = HiggsAudioV2TokenizerModel.from_pretrained(fixture_dir("tiny-24k"))
     decoder = model.acoustic_decoder
-    with torch.inference_mode():
-        StreamingDecoder(model).push(codes[0, :, :20])  # makes the layers
+
+    def streamed_equals_one_shot():
+        with torch.inference_mode():
+            stream = StreamingDecoder(model)
+            audio = torch.cat([stream.push(codes[0, :, f : f + 1]) for f in range(codes.shape[-1])] + [stream.flush()])
+            assert_audio_close(audio, model.decode(codes[:1]).audio_values[0, 0], tol=STREAM_TOL)
+
+    streamed_equals_one_shot()  # makes the layers
     with torch.no_grad():
         decoder.block[0].conv_t1.weight.mul_(1.05)  # its phase weight is derived
         decoder.block[-1].res_unit2.snake1.alpha.mul_(1.1)  # and Snake's 1 / alpha
         decoder.block[0].res_unit1.conv1.weight.mul_(0.95)  # packed for the products
         decoder.conv2.weight = torch.nn.Parameter(decoder.conv2.weight * 0.9)
+        replaced = copy.deepcopy(decoder.block[0].res_unit2.conv1)
+        replaced.weight.mul_(0.5)
+        decoder.block[0].res_unit2.conv1 = replaced
+    streamed_equals_one_shot()
+    with torch.no_grad():
+        replaced.weight.mul_(1.5)
+        decoder.block[1] = copy.deepcopy(decoder.block[1])  # an item of a ModuleList
+    streamed_equals_one_shot()
+    with torch.no_grad():
+        decoder.block[1].res_unit3.conv1.weight.mul_(0.7)
+    streamed_equals_one_shot()
+
+
+def test_an_eager_step_beside_a_compile_in_another_thread(model, codes, monkeypatch):
+    """`torch.compiler.is_compiling()` is true for the whole process while any compile runs
+    (torch 2.13): an eager step must not read it, or it would take the compiled path's
+    products with the eager step's packed weights, and fail."""
     with torch.inference_mode():
+        reference = model.decode(codes[:1]).audio_values[0, 0]
         stream = StreamingDecoder(model)
-        audio = torch.cat([stream.push(codes[0, :, f : f + 1]) for f in range(codes.shape[-1])] + [stream.flush()])
-        assert_audio_close(audio, model.decode(codes[:1]).audio_values[0, 0], tol=STREAM_TOL)
+        pieces = [stream.push(codes[0, :, f : f + 1]) for f in range(15)]  # packs the weights
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # as while another thread compiles
+        pieces += [stream.push(codes[0, :, f : f + 1]) for f in range(15, codes.shape[-1])] + [stream.flush()]
+    assert_audio_close(torch.cat(pieces), reference, tol=STREAM_TOL)
 
 
 @torch.inference_mode()

@@ -25,6 +25,7 @@ from .layers import (
     onednn_linear,
     packed_conv1d,
     packed_conv_weight,
+    packed_linear,
     packed_matrix,
     packs_linear_weight,
     runs_on_onednn,
@@ -97,24 +98,23 @@ class DecoderLayers:
         yield self.conv2.history
 
 
-# The eager layers of each decoder, with what its weights were when they were made.
-_EAGER: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionary()
+# The eager layers of each decoder: (its weights' watch, their key when the layers were made, the layers).
+_EAGER: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
 def eager_layers(decoder: nn.Module) -> DecoderLayers:
-    """The decoder's layers for eager steps, made anew when one of its weights changes (is
-    replaced, moved, cast, modified in place or loaded: `DecoderWeights`). Its structure is
-    read when they are made: a submodule replaced later is not seen until a weight changes."""
-    entry = _EAGER.get(decoder)
-    if entry is None:
-        entry = _EAGER[decoder] = [DecoderWeights(decoder), None, None]
-    key = entry[0].key()
-    if entry[1] != key:
-        entry[2] = None  # the old layers' packed weights go first
+    """The decoder's layers for eager steps, made anew when one of its weights is replaced,
+    moved, cast, modified in place or loaded, or a submodule is replaced (`DecoderWeights`)."""
+    watcher, made_for, layers = _EAGER.get(decoder) or (DecoderWeights(decoder), None, None)
+    key = watcher.key()
+    if made_for != key:
+        _EAGER[decoder], layers = (watcher, None, None), None  # the old layers' packed weights go first
         with torch.no_grad():
-            entry[2] = DecoderLayers(decoder, eager=True)
-        entry[1] = key
-    return entry[2]
+            layers = DecoderLayers(decoder, eager=True)
+        # One assignment, and the layers made here returned: a step in another thread may be
+        # making them too.
+        _EAGER[decoder] = (watcher, key, layers)
+    return layers
 
 
 class _Block:
@@ -146,8 +146,9 @@ class _CausalConv:
     def __init__(self, name: str, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int, keep: int, eager: bool,
                  delay: int = 0):
         self.name, self.keep, self.delay, self.eager = name, keep, delay, eager
+        # Weights and tensors made from them, not views of them: a view would keep a weight's
+        # storage after `model.to(...)` gives the module a new one.
         self.weight, self.bias, self.dilation = weight, bias, dilation
-        self.matrix = weight.reshape(weight.shape[0], -1)  # as a product takes it
         self._packed_matrix: torch.Tensor | None = None
         self._packed_weight: torch.Tensor | None = None
 
@@ -172,15 +173,16 @@ class _CausalConv:
         if taps > 1 and not _as_product(x, width, channels * taps):
             return self._conv(x)
         columns = unfolded_columns(x, taps, self.dilation)
-        out = onednn_linear(columns, self._matrix_for(columns), self.bias)
+        matrix = self.weight.reshape(out_channels, -1)
+        if not self.eager:
+            out = packed_linear(columns, matrix, self.bias)  # packs it once, for a compiled program
+        elif packs_linear_weight(columns):
+            if self._packed_matrix is None:
+                self._packed_matrix = packed_matrix(matrix)
+            out = onednn_linear(columns, self._packed_matrix, self.bias)
+        else:
+            out = onednn_linear(columns, matrix, self.bias)
         return out.view(x.shape[0], width, out_channels).transpose(1, 2)
-
-    def _matrix_for(self, columns: torch.Tensor) -> torch.Tensor:
-        if not self.eager or not packs_linear_weight(columns):
-            return self.matrix  # traced, `onednn_linear` packs it (`layers.packed_linear`)
-        if self._packed_matrix is None:
-            self._packed_matrix = packed_matrix(self.matrix)
-        return self._packed_matrix
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         if not self.eager:
@@ -221,7 +223,6 @@ class _ResidualUnit:
         self.conv1 = _CausalConv.same_padded(f"{name}.conv1", unit.conv1, eager)
         self.skip_name, self.delay = f"{name}.skip", self.conv1.delay  # the unit's output lags by its conv's delay
         self.conv2 = _CausalConv(f"{name}.conv2", unit.conv2.weight, unit.conv2.bias, 1, keep=0, eager=eager)
-        self.conv2_transposed = unit.conv2.weight[..., 0].t()  # [in, out], for `baddbmm`
 
     def histories(self):
         yield self.conv1.history
@@ -234,7 +235,7 @@ class _ResidualUnit:
             return skip + self.conv2.unpadded(branch)
         # MKL's batched product costs the least at these sizes, and takes the skip as its addend
         # (time-major: [B, samples, channels]).
-        weight = self.conv2_transposed.expand(branch.shape[0], -1, -1)
+        weight = self.conv2.weight[..., 0].t().expand(branch.shape[0], -1, -1)
         out = torch.baddbmm(skip.transpose(1, 2), branch.transpose(1, 2), weight)
         return (out.add_(self.conv2.bias) if self.conv2.bias is not None else out).transpose(1, 2)
 

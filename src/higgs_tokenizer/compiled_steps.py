@@ -18,8 +18,9 @@ Needs what inductor needs: a C++ compiler on the CPU, Triton on a GPU. The weigh
 frozen into the compiled program: a `CompiledSteps` whose model's weights change stops
 using it (with a warning) until `compile` is called again. Changes that no version
 counter sees (through `.data`, or in place under inference mode on weights made under
-it) need `invalidate()`, and so do changes to the decoder's structure (a submodule replaced,
-a conv's settings): the programs skip dynamo's guards on modules, which would see them. A
+it) need `invalidate()`, and so do changes of a conv's settings in place (its dilation, say):
+the programs skip dynamo's guards on modules, which would see them. A submodule replaced is
+seen (`weights_key`). A
 program, once made, stays in memory until the process ends
 (inductor keeps its frozen weights), so a model has one `CompiledSteps` (`shared`).
 

@@ -178,14 +178,8 @@ def packed_matrix(matrix: torch.Tensor) -> torch.Tensor:
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """`F.linear`, on the CPU in float32 by oneDNN's matmul: for a few rows against a large
     weight (a streamed step's conv) it reads the weight up to twice as fast as MKL's GEMM.
-    `weight` may be packed by `packed_matrix`. In a compiled program, `packed_linear`: inductor
-    would otherwise hand the product to MKL."""
-    if torch.compiler.is_compiling():
-        return packed_linear(x, weight, bias)
-    return _linear(x, weight, bias)
-
-
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    `weight` may be packed by `packed_matrix`. A compiled program calls `packed_linear`
+    instead: inductor would otherwise hand the product to MKL."""
     if runs_on_onednn(x):
         return _LINEAR_POINTWISE(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
@@ -199,9 +193,8 @@ def _packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     changes): a product that a compiled program calls as it is, where inductor would pick
     MKL's, slower for the few rows of a streamed step (a 4-stream 1-frame step: 17.6 against
     22 ms, 2-core CPU)."""
-    # `_linear`, not `onednn_linear`: a compile in another thread makes `is_compiling` true here too.
     if x.shape[0] < PACKED_LINEAR_ROWS or not runs_on_onednn(x):
-        return _linear(x, weight, bias)
+        return onednn_linear(x, weight, bias)
     key = (weight.data_ptr(), None if weight.is_inference() else weight._version)
     cached = _PACKED_WEIGHTS.get(id(weight))
     if cached is None or cached[0] != key:
