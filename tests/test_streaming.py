@@ -234,6 +234,22 @@ def test_weights_changed_in_place_or_replaced_reach_the_stream(codes):
     streamed_equals_one_shot()
 
 
+def test_a_module_class_without_a_hash_still_builds():
+    """The weights watch hears of every module registration in the process (a global hook):
+    a module that cannot be hashed (a dataclass with `eq`) must still build."""
+    import dataclasses
+
+    import higgs_tokenizer.weights_key  # noqa: F401 (the hook)
+
+    @dataclasses.dataclass(eq=True)
+    class Holder(torch.nn.Module):
+        def __post_init__(self):
+            super().__init__()
+            self.inner = torch.nn.Linear(2, 2)
+
+    assert isinstance(Holder().inner, torch.nn.Linear)
+
+
 def test_an_eager_step_beside_a_compile_in_another_thread(model, codes, monkeypatch):
     """`torch.compiler.is_compiling()` is true for the whole process while any compile runs
     (torch 2.13): an eager step must not read it, or it would take the compiled path's

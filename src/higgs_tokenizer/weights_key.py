@@ -70,7 +70,10 @@ def _count_load(module: nn.Module, *load_state_dict_args) -> None:
 
 def _count_new_submodule(parent: nn.Module, name: str, submodule: nn.Module) -> None:
     """Every module registration in the process comes here (a global hook): one lookup."""
-    roots = _UNDER.get(parent)
+    try:
+        roots = _UNDER.get(parent)
+    except TypeError:  # a module without a hash or weak references: never watched
+        return
     if roots:
         for root in list(roots):
             _CHANGES[root] = _CHANGES.get(root, 0) + 1
