@@ -395,7 +395,7 @@ class _Handlers:
                 if held and kind in ("finished", "failed"):  # a stream shorter than the prebuffer
                     await send(np.concatenate(held))
                 if kind == "finished":
-                    await asyncio.wait_for(websocket.send_json({"type": "end", "samples": value}), deadline)
+                    await self._send_json(websocket, {"type": "end", "samples": value})
                     return CLOSE_NORMAL, ""
                 if kind == "overflow":
                     return CLOSE_POLICY, "the client does not read its audio"
