@@ -608,3 +608,41 @@ def test_a_connection_that_holds_no_request_is_closed(server, speech):
 
     assert asyncio.run(stream())["type"] == "end"
     assert healthy(server)
+
+
+def test_a_client_that_stops_reading_loses_its_connection_once_its_stream_ends(server):
+    """A stream whose client stops reading is cut off (1008) within --stream-idle-seconds of a
+    message not taken in; its connection then goes within the same deadline, although its
+    write buffer will never drain (uvicorn alone would keep it, and its file descriptor, open
+    until the client leaves)."""
+    import base64
+    import os
+    import socket
+    import struct
+
+    def frame(payload: bytes, opcode: int = 2) -> bytes:  # a client's frame: masked
+        mask = os.urandom(4)
+        size = len(payload)
+        length = bytes([0x80 | size]) if size < 126 else bytes([0x80 | 126]) + struct.pack(">H", size)
+        return bytes([0x80 | opcode]) + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+    rng = np.random.default_rng(0)
+    with socket.socket() as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # takes little before it stops
+        client.connect(("127.0.0.1", server.port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        client.sendall(f"GET /v1/decode/stream?format=pcm_f32le HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                       f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+        assert client.recv(12) == b"HTTP/1.1 101"
+        started, gone = time.monotonic(), None
+        while time.monotonic() - started < 60:  # a second of codes every 0.1 s, never reading the audio
+            try:
+                client.sendall(frame(rng.integers(0, 1024, (25, 8)).astype("<i2").tobytes()))
+            except (ConnectionResetError, BrokenPipeError):
+                gone = time.monotonic() - started
+                break
+            time.sleep(0.1)
+    assert gone is not None, "the connection stayed open"
+    # Cut off once the server's buffers are full (a few seconds of audio sent), then the deadline twice.
+    assert gone < 30, gone
+    assert healthy(server)

@@ -559,8 +559,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-audio-seconds", type=float, default=600.0,
                    help="longest audio to encode, or to decode from codes (default 600)")
     p.add_argument("--stream-idle-seconds", type=float, default=30.0,
-                   help="close a stream that sends nothing, and a connection that holds no request, after "
-                        "this long; also how long a request body may pause (default 30)")
+                   help="close a stream that sends nothing, a connection that holds no request, and a "
+                        "stream's connection after its end, after this long; also how long a request body "
+                        "may pause (default 30)")
     p.add_argument("--compile-steps", type=int, default=0, metavar="N",
                    help="compile the decoder's steps of 1 to N streams before serving (torch.compile: faster "
                         "steps, a minute or more to start; needs a C++ compiler on the CPU; default 0: none)")

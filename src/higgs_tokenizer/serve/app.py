@@ -502,7 +502,7 @@ def run(tokenizer, settings: ServeSettings) -> int:
 
     import uvicorn
 
-    from .connections import protocol_with_request_deadline
+    from .connections import protocol_with_request_deadline, websocket_protocol_with_close_deadline
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     app = create_app(tokenizer, settings)
@@ -527,6 +527,7 @@ def run(tokenizer, settings: ServeSettings) -> int:
         app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
         timeout_graceful_shutdown=60, ws_max_size=WS_MAX_MESSAGE_BYTES, ws_per_message_deflate=False,
         http=protocol_with_request_deadline(settings.stream_idle_seconds),
+        ws=websocket_protocol_with_close_deadline(settings.stream_idle_seconds) or "auto",
     ))
 
     def shut_down(signum, frame):

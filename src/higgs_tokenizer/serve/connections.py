@@ -1,4 +1,6 @@
-"""A deadline for HTTP connections that hold no request.
+"""Deadlines for connections that the app is done with, which uvicorn alone keeps open.
+
+HTTP: a connection that holds no request.
 
 uvicorn keeps a connection open until the head of its first request has come in: its
 keep-alive timeout starts only once a response is complete, and it is restarted by every
@@ -8,6 +10,13 @@ such clients there are. Here, a connection with no request in progress (none yet
 its last one answered) is closed once it has held none for the deadline. A request in
 progress is bounded by the app (a body that stops coming gets 408), and a connection
 upgraded to a WebSocket by the stream's own deadlines.
+
+WebSocket: a connection whose stream has ended. uvicorn closes it once its write buffer
+has drained, which for a client that stopped reading is never (asyncio's `close` waits for
+the buffer; uvicorn's own close timer only calls `close` again). Here, a connection still
+open past the deadline after the stream's handler has returned is aborted. A client that
+reads gets everything first: by then the handler has had each message taken in within the
+same deadline, so what is left is at most one buffer's worth and the close frame.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from __future__ import annotations
 import asyncio
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
+from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
 
 
 def protocol_with_request_deadline(seconds: float, base: type = AutoHTTPProtocol) -> type:
@@ -53,3 +63,29 @@ def protocol_with_request_deadline(seconds: float, base: type = AutoHTTPProtocol
                 self.transport.close()
 
     return RequestDeadlineProtocol
+
+
+def websocket_protocol_with_close_deadline(seconds: float, base: type | None = AutoWebSocketsProtocol) -> type | None:
+    """uvicorn's WebSocket protocol (`base`, the one it would pick) with the deadline: pass it
+    as `uvicorn.Config(ws=...)`. None when no WebSocket library is installed (as uvicorn)."""
+    if base is None:
+        return None
+
+    class CloseDeadlineProtocol(base):
+        _lost = False
+
+        async def run_asgi(self) -> None:
+            try:
+                await super().run_asgi()
+            finally:
+                self.loop.call_later(seconds, self._abort_if_open)
+
+        def connection_lost(self, exc) -> None:
+            self._lost = True
+            super().connection_lost(exc)
+
+        def _abort_if_open(self) -> None:
+            if not self._lost:
+                self.transport.abort()
+
+    return CloseDeadlineProtocol
