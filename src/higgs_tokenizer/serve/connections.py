@@ -16,7 +16,8 @@ has drained, which for a client that stopped reading is never (asyncio's `close`
 the buffer; uvicorn's own close timer only calls `close` again). Here, a connection still
 open past the deadline after the stream's handler has returned is aborted. A client that
 reads gets everything first: by then the handler has had each message taken in within the
-same deadline, so what is left is at most one buffer's worth and the close frame.
+same deadline (uvicorn writes a message once its buffer is below its high-water mark),
+so what is left is at most that buffer, one message and the close frame.
 """
 
 from __future__ import annotations
