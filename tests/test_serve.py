@@ -646,3 +646,28 @@ def test_a_client_that_stops_reading_loses_its_connection_once_its_stream_ends(s
     # Cut off once the server's buffers are full (a few seconds of audio sent), then the deadline twice.
     assert gone < 30, gone
     assert healthy(server)
+
+
+def test_connections_past_the_limit_are_refused_at_once():
+    """With --max-connections open (idle ones included), the next connection is answered 503
+    and closed at once rather than held, and once one closes the server answers again."""
+    import socket
+
+    process = ServerProcess(fixture_dir("tiny-24k"), "--max-connections", "3")
+    try:
+        held = [socket.create_connection(("127.0.0.1", process.port)) for _ in range(3)]
+        time.sleep(0.5)  # the server has taken them all in
+        with socket.create_connection(("127.0.0.1", process.port), timeout=10) as extra:
+            answer = b""
+            while chunk := extra.recv(4096):  # up to the server's close
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 503"), answer
+        held.pop().close()
+        deadline = time.monotonic() + 10
+        while httpx.get(process.url + "/health", timeout=5).status_code != 200:  # the close reaches the server
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        for connection in held:
+            connection.close()
+    finally:
+        assert process.stop() in STOPPED, process.log()

@@ -316,7 +316,7 @@ def cmd_serve(args) -> int:
         host=args.host, port=args.port, max_streams=args.max_streams, max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms, max_upload_mb=args.max_upload_mb, max_audio_seconds=args.max_audio_seconds,
         stream_idle_seconds=args.stream_idle_seconds, compiled_step_streams=args.compile_steps,
-        graphed_step_streams=args.graph_steps,
+        graphed_step_streams=args.graph_steps, max_connections=args.max_connections,
     )
     tokenizer = _load_tokenizer(args)
     tokenizer.batch_size = settings.max_batch
@@ -562,6 +562,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="close a stream that sends nothing, a connection that holds no request, and a "
                         "stream's connection after its end, after this long; also how long a request body "
                         "may pause (default 30)")
+    p.add_argument("--max-connections", type=int, default=256,
+                   help="open connections (streams, requests, idle ones); one more is answered 503 and closed at "
+                        "once, so that file descriptors stay bounded (default 256)")
     p.add_argument("--compile-steps", type=int, default=0, metavar="N",
                    help="compile the decoder's steps of 1 to N streams before serving (torch.compile: faster "
                         "steps, a minute or more to start; needs a C++ compiler on the CPU; default 0: none)")

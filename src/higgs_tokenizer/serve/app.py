@@ -526,7 +526,7 @@ def run(tokenizer, settings: ServeSettings) -> int:
     server = uvicorn.Server(uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
         timeout_graceful_shutdown=60, ws_max_size=WS_MAX_MESSAGE_BYTES, ws_per_message_deflate=False,
-        http=protocol_with_request_deadline(settings.stream_idle_seconds),
+        http=protocol_with_request_deadline(settings.stream_idle_seconds, settings.max_connections),
         ws=websocket_protocol_with_close_deadline(settings.stream_idle_seconds) or "auto",
     ))
 

@@ -1,4 +1,10 @@
-"""Deadlines for connections that the app is done with, which uvicorn alone keeps open.
+"""Bounds on connections, which uvicorn alone does not set: how many, and how long those
+that the app is done with stay open.
+
+How many: uvicorn accepts every connection (its `limit_concurrency` answers requests 503
+past a limit, but keeps their connections). Here, a connection made while
+`max_connections` are open is answered 503 and closed at once, so file descriptors stay
+bounded whatever clients do.
 
 HTTP: a connection that holds no request.
 
@@ -28,15 +34,25 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol
 from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
 
 
-def protocol_with_request_deadline(seconds: float, base: type = AutoHTTPProtocol) -> type:
-    """uvicorn's HTTP protocol (`base`, the one it would pick) with the deadline: pass it
-    as `uvicorn.Config(http=...)`."""
+_REFUSED = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+
+
+def protocol_with_request_deadline(seconds: float, max_connections: int | None = None,
+                                   base: type = AutoHTTPProtocol) -> type:
+    """uvicorn's HTTP protocol (`base`, the one it would pick) with the deadline, and the
+    bound on connections (None: none): pass it as `uvicorn.Config(http=...)`."""
 
     class RequestDeadlineProtocol(base):
         _deadline: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
+            # Every open connection is in the server's set, WebSockets included (they take
+            # the HTTP protocol's place in it on upgrade).
+            if max_connections is not None and len(self.server_state.connections) > max_connections:
+                transport.write(_REFUSED)  # a few bytes: the socket takes them at once
+                transport.close()
+                return
             self._arm()
 
         def on_response_complete(self) -> None:

@@ -20,12 +20,13 @@ class ServeSettings:
     max_frames_waiting: int = 1000  # a stream's frames sent but not yet decoded (40 s): more closes it
     stream_idle_seconds: float = 30.0  # a stream that sends nothing for this long is closed
     max_pending_requests: int = 64  # encode and decode requests queued; more get 503
+    max_connections: int = 256  # open connections (streams, requests, idle ones); more get 503 at once
     compiled_step_streams: int = 0  # decoder steps of 1 to this many streams compiled at start (0: none)
     graphed_step_streams: int = 0  # ... captured as CUDA graphs at start (0: none; a CUDA model only)
 
     def __post_init__(self):
         for name in ("max_streams", "max_batch", "max_frames_per_message", "max_frames_per_step", "max_frames_waiting",
-                     "max_pending_requests"):
+                     "max_pending_requests", "max_connections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("max_upload_mb", "max_audio_seconds", "stream_idle_seconds"):
