@@ -13,17 +13,19 @@ keep-alive timeout starts only once a response is complete, and it is restarted 
 byte received. So a client that connects and sends nothing, or trickles a request's
 head a byte at a time, holds a file descriptor and a connection for good, however many
 such clients there are. Here, a connection with no request in progress (none yet, or
-its last one answered) is closed once it has held none for the deadline. A request in
+its last one answered) is closed once it has held none for the deadline. A close waits
+until the connection's answer has been written out (asyncio's), which for a client that
+does not read it is never, and such connections, counted among `max_connections`, would
+shut everyone else out: so a closing connection whose write buffer did not shrink over a
+deadline is aborted (`_StallWatch`; a client that reads, however slowly, gets all of it). A request in
 progress is bounded by the app (a body that stops coming gets 408), and a connection
 upgraded to a WebSocket by the stream's own deadlines.
 
 WebSocket: a connection whose stream has ended. uvicorn closes it once its write buffer
 has drained, which for a client that stopped reading is never (asyncio's `close` waits for
-the buffer; uvicorn's own close timer only calls `close` again). Here, a connection still
-open past the deadline after the stream's handler has returned is aborted. A client that
-reads gets everything first: by then the handler has had each message taken in within the
-same deadline (uvicorn writes a message once its buffer is below its high-water mark),
-so what is left is at most that buffer, one message and the close frame.
+the buffer; uvicorn's own close timer only calls `close` again). Here, once the stream's handler has returned,
+the connection is watched the same way: aborted when its write buffer does not shrink
+over a deadline.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def protocol_with_request_deadline(seconds: float, max_connections: int | None =
 
     class RequestDeadlineProtocol(base):
         _deadline: asyncio.TimerHandle | None = None
+        _watch: "_StallWatch | None" = None
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
@@ -61,6 +64,8 @@ def protocol_with_request_deadline(seconds: float, max_connections: int | None =
 
         def connection_lost(self, exc) -> None:
             self._disarm()
+            if self._watch is not None:
+                self._watch.cancel()
             super().connection_lost(exc)
 
         def _arm(self) -> None:
@@ -74,10 +79,14 @@ def protocol_with_request_deadline(seconds: float, max_connections: int | None =
 
         def _deadline_passed(self) -> None:
             self._deadline = None
-            if self.transport.is_closing() or self.transport.get_protocol() is not self:
-                return  # closed already, or a WebSocket now
-            if self.cycle is None or self.cycle.response_complete:  # no request in progress
+            if self.transport.get_protocol() is not self:
+                return  # a WebSocket now
+            if self.transport.is_closing():  # closed by uvicorn, its answer still not written out
+                self._watch = _StallWatch(self.transport, self.loop, seconds)
+            elif self.cycle is None or self.cycle.response_complete:  # no request in progress
                 self.transport.close()
+                if self.transport.get_write_buffer_size():
+                    self._watch = _StallWatch(self.transport, self.loop, seconds)
 
     return RequestDeadlineProtocol
 
@@ -90,19 +99,40 @@ def websocket_protocol_with_close_deadline(seconds: float, base: type | None = A
 
     class CloseDeadlineProtocol(base):
         _lost = False
+        _watch: "_StallWatch | None" = None
 
         async def run_asgi(self) -> None:
             try:
                 await super().run_asgi()
             finally:
-                self.loop.call_later(seconds, self._abort_if_open)
+                if not self._lost:
+                    self._watch = _StallWatch(self.transport, self.loop, seconds)
 
         def connection_lost(self, exc) -> None:
             self._lost = True
+            if self._watch is not None:
+                self._watch.cancel()
             super().connection_lost(exc)
 
-        def _abort_if_open(self) -> None:
-            if not self._lost:
-                self.transport.abort()
-
     return CloseDeadlineProtocol
+
+
+class _StallWatch:
+    """Aborts a connection unless what it has left to write shrinks every `seconds`: a client
+    that reads, however slowly, gets all of it; one that stopped reading loses the
+    connection (its buffer, and its file descriptor) instead of holding it for good."""
+
+    def __init__(self, transport, loop: asyncio.AbstractEventLoop, seconds: float):
+        self.transport, self.loop, self.seconds = transport, loop, seconds
+        self.left = transport.get_write_buffer_size()
+        self.handle = loop.call_later(seconds, self._look)
+
+    def _look(self) -> None:
+        left = self.transport.get_write_buffer_size()
+        if 0 < left < self.left:
+            self.left, self.handle = left, self.loop.call_later(self.seconds, self._look)
+        else:
+            self.transport.abort()
+
+    def cancel(self) -> None:
+        self.handle.cancel()

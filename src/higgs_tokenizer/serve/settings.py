@@ -37,6 +37,9 @@ class ServeSettings:
         for name in ("compiled_step_streams", "graphed_step_streams"):
             if not 0 <= getattr(self, name) <= self.max_streams:
                 raise ValueError(f"{name} must be from 0 to max_streams ({self.max_streams}), got {getattr(self, name)}")
+        if self.max_connections <= self.max_streams:
+            raise ValueError(f"max_connections ({self.max_connections}) must be more than max_streams ({self.max_streams}): "
+                             "a stream past max_streams is told so (1013) on a connection of its own")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be from 0 to 65535, got {self.port}")
 
