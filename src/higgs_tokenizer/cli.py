@@ -563,8 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "stream's connection after its end, after this long; also how long a request body "
                         "may pause (default 30)")
     p.add_argument("--max-connections", type=int, default=256,
-                   help="open connections (streams, requests, idle ones); one more is answered 503 and closed at "
-                        "once, so that file descriptors stay bounded (default 256)")
+                   help="open connections (streams, requests, idle ones; more than --max-streams); one more is "
+                        "answered 503 and closed at once, so that file descriptors stay bounded (default 256)")
     p.add_argument("--compile-steps", type=int, default=0, metavar="N",
                    help="compile the decoder's steps of 1 to N streams before serving (torch.compile: faster "
                         "steps, a minute or more to start; needs a C++ compiler on the CPU; default 0: none)")
