@@ -17,15 +17,15 @@ its last one answered) is closed once it has held none for the deadline. A close
 until the connection's answer has been written out (asyncio's), which for a client that
 does not read it is never, and such connections, counted among `max_connections`, would
 shut everyone else out: so a closing connection whose write buffer did not shrink over a
-deadline is aborted (`_StallWatch`; a client that reads, however slowly, gets all of it). A request in
-progress is bounded by the app (a body that stops coming gets 408), and a connection
-upgraded to a WebSocket by the stream's own deadlines.
+deadline is aborted (`_StallWatch`; a client that reads, however slowly, gets all of it).
+A request in progress is bounded by the app (a body that stops coming gets 408), and a
+connection upgraded to a WebSocket by the stream's own deadlines.
 
 WebSocket: a connection whose stream has ended. uvicorn closes it once its write buffer
 has drained, which for a client that stopped reading is never (asyncio's `close` waits for
-the buffer; uvicorn's own close timer only calls `close` again). Here, once the stream's handler has returned,
-the connection is watched the same way: aborted when its write buffer does not shrink
-over a deadline.
+the buffer; uvicorn's own close timer only calls `close` again). Here, once the stream's
+handler has returned, the connection is watched the same way: aborted when its write
+buffer does not shrink over a deadline.
 """
 
 from __future__ import annotations
